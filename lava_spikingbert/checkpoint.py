@@ -1,0 +1,59 @@
+"""HF-style checkpoint directories: ``config.json`` + ``model.safetensors`` (+ files added by callers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lava_spikingbert.config import ConfigError, SpikingBertConfig
+from lava_spikingbert.fileio import atomic_directory
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def write_model_files(model, directory: str | Path) -> None:
+    """Write config and weights into an existing directory (callers make the directory atomic)."""
+    directory = Path(directory)
+    model.config.save(directory / CONFIG_NAME)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": "spikingbert"})
+
+
+def save_model(model, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        write_model_files(model, tmp)
+    return path
+
+
+def load_model(path: str | Path, **config_overrides):
+    """Load a checkpoint directory; ``config_overrides`` change run-time fields such as ``t_conv``."""
+    from lava_spikingbert.encoder import SpikingBert
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: not a checkpoint directory")
+    config = SpikingBertConfig.load(path / CONFIG_NAME)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    model = SpikingBert(config)
+    weights = path / WEIGHTS_NAME
+    try:
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise ConfigError(f"{weights}: missing weights file") from None
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{weights}: unreadable safetensors file ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{weights}: weights do not match config.json "
+                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise ConfigError(f"{weights}: tensor '{name}' holds non-finite values")
+    model.eval()
+    return model

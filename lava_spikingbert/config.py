@@ -1,0 +1,135 @@
+"""The one configuration object of a spiking BERT student, saved as ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lava_spikingbert.fileio import atomic_write_text
+
+NEURON_KINDS = ("if_subtract", "lif_reset_zero")
+WEIGHT_MODES = ("fp32", "int8", "ternary", "binary")
+GRAD_POINTS = ("snn", "ann")
+PROBLEM_TYPES = ("classification", "regression")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass
+class SpikingBertConfig:
+    """Architecture and dynamics of the spiking encoder.
+
+    Defaults are the project's default student (4 spiking encoder layers, 384 wide, 12 heads,
+    FFN 1536), sized for the offline MiniLM-L6 teacher; the paper's student is 768/3072/12/4.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    max_length: int = 128  # longest accepted input (tokens, incl. [CLS]/[SEP])
+    pad_token_id: int = 0
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+    # spiking dynamics
+    t_conv: int = 16  # simulation steps per sentence
+    vth: float = 1.0  # firing threshold (same for every population, as in the paper)
+    neuron: str = "if_subtract"  # see lava_spikingbert.neurons.NEURONS
+    # optional last-layer -> embedding-population feedback (a true fixed point; off in the paper)
+    feedback: bool = False
+    # where the steady-state map is linearised for gradients: "snn" = each population's map is
+    # evaluated on the simulated input ASRs (the Jacobian at the spiking equilibrium); "ann" = the
+    # reference code's choice, the clamped-ANN chain recomputed from the embeddings
+    grad_point: str = "snn"
+    # heads
+    num_labels: int = 2
+    problem_type: str = "classification"
+    fit_size: int | None = None  # teacher width for the W_Td distillation projection (None = none)
+    # quantization of the synaptic weights (hw_export.quantize implements the non-fp32 modes)
+    weights: str = "fp32"
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (task, teacher, ...)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size", "max_length",
+                    "t_conv", "num_labels")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"config field 'hidden_size' ({self.hidden_size}) must be divisible by "
+                f"'num_attention_heads' ({self.num_attention_heads})")
+        if self.max_length > self.max_position_embeddings:
+            raise ConfigError(
+                f"config field 'max_length' ({self.max_length}) exceeds 'max_position_embeddings' "
+                f"({self.max_position_embeddings})")
+        if not self.vth > 0:
+            raise ConfigError(f"config field 'vth' must be > 0, got {self.vth!r}")
+        for name, allowed in (("neuron", NEURON_KINDS), ("weights", WEIGHT_MODES),
+                              ("grad_point", GRAD_POINTS), ("problem_type", PROBLEM_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config field '{name}' must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"config field '{name}' must be in [0, 1), got {getattr(self, name)!r}")
+        if self.problem_type == "regression" and self.num_labels != 1:
+            raise ConfigError("config field 'num_labels' must be 1 for problem_type 'regression'")
+        if self.fit_size is not None and (not isinstance(self.fit_size, int) or self.fit_size <= 0):
+            raise ConfigError(f"config field 'fit_size' must be a positive integer or null, got {self.fit_size!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "SpikingBertConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"model_type", "format_version"})
+        if unknown:
+            raise ConfigError(f"{source}: unknown config field(s) {unknown}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json_string(self) -> str:
+        payload = {"model_type": "spikingbert", "format_version": 1, **self.to_dict()}
+        return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), self.to_json_string())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SpikingBertConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no config.json (is this a spikingbert checkpoint directory?)") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("model_type", "spikingbert") != "spikingbert":
+            raise ConfigError(f"{path}: model_type is not 'spikingbert'")
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **changes: Any) -> "SpikingBertConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,112 @@
+"""Neuron kinds: one-step dynamics for the simulation and the steady-state rate for training.
+
+Every kind has
+
+* ``step(v, current, spike_fn)``: one time step of the membrane ``v`` driven by ``current``;
+  returns the new membrane and the binary spikes;
+* ``rate(current)``: the differentiable steady-state map ``a = g(I)`` the equilibrium gradients
+  flow through (the average spiking rate a population converges to under a constant current);
+* ``rate_exact(current)``: the rate the simulation really converges to for a constant current
+  (equal to ``rate`` for the paper's neuron; a staircase for Lava's reset-to-zero LIF).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+SpikeFn = Callable[[torch.Tensor, bool], torch.Tensor]
+
+
+def heaviside(x: torch.Tensor, strict: bool) -> torch.Tensor:
+    """Spike where ``x >= 0`` (``x > 0`` if strict), as a float tensor of 0/1."""
+    return (x > 0).to(x.dtype) if strict else (x >= 0).to(x.dtype)
+
+
+class _AtanSurrogate(torch.autograd.Function):
+    """Heaviside forward, arctan-shaped pseudo-derivative backward (for the BPTT baseline only)."""
+
+    alpha = 2.0
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, strict: bool) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return heaviside(x, strict)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        a = _AtanSurrogate.alpha
+        return grad * (a / 2) / (1 + (math.pi / 2 * a * x) ** 2), None
+
+
+def surrogate_spike(x: torch.Tensor, strict: bool) -> torch.Tensor:
+    return _AtanSurrogate.apply(x, strict)
+
+
+class IFSubtract:
+    """The paper's neuron: integrate-and-fire, ``u >= vth`` fires, reset by subtracting ``vth``.
+
+    With a constant current I the charge identity ``vth * spikes(T) = T*I - u(T)`` with
+    ``0 <= u < vth`` gives ASR = clamp(I / vth, 0, 1) within 1/T.
+    """
+
+    name = "if_subtract"
+    strict = False  # fires on u >= vth
+
+    def __init__(self, vth: float) -> None:
+        self.vth = float(vth)
+
+    def step(self, v: torch.Tensor, current: torch.Tensor, spike_fn: SpikeFn = heaviside):
+        v = v + current
+        s = spike_fn(v - self.vth, self.strict)
+        return v - self.vth * s, s
+
+    def rate(self, current: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(current / self.vth, 0.0, 1.0)
+
+    def rate_exact(self, current: torch.Tensor) -> torch.Tensor:
+        return self.rate(current)
+
+
+class LIFResetZero:
+    """Lava's stock LIF used as an IF neuron (du=1, dv=0): ``v > vth`` fires, reset to zero.
+
+    A constant current I > 0 fires once every ``floor(vth/I) + 1`` steps: the exact rate is a
+    staircase with zero derivative almost everywhere. ``rate`` is its smooth mid-step version
+    ``I / (vth + I/2)`` (exact at every step's midpoint, slope 1/vth at 0, reaches 1 at 2*vth),
+    which is what a model trained for this neuron differentiates through.
+    """
+
+    name = "lif_reset_zero"
+    strict = True  # fires on v > vth
+
+    def __init__(self, vth: float) -> None:
+        self.vth = float(vth)
+
+    def step(self, v: torch.Tensor, current: torch.Tensor, spike_fn: SpikeFn = heaviside):
+        v = v + current
+        s = spike_fn(v - self.vth, self.strict)
+        return v * (1 - s), s
+
+    def rate(self, current: torch.Tensor) -> torch.Tensor:
+        drive = torch.relu(current)
+        return torch.clamp(drive / (self.vth + 0.5 * drive), max=1.0)
+
+    def rate_exact(self, current: torch.Tensor) -> torch.Tensor:
+        positive = current > 0
+        safe = torch.where(positive, current, torch.ones_like(current))
+        period = torch.floor(self.vth / safe) + 1
+        return torch.where(positive, 1.0 / period, torch.zeros_like(current))
+
+
+NEURONS = {cls.name: cls for cls in (IFSubtract, LIFResetZero)}
+
+
+def make_neuron(kind: str, vth: float):
+    try:
+        return NEURONS[kind](vth)
+    except KeyError:
+        raise ValueError(f"unknown neuron kind {kind!r}; choose one of {sorted(NEURONS)}") from None
