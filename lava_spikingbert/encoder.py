@@ -327,7 +327,8 @@ class SpikingBert(nn.Module):
     # ------------------------------------------------------------------ steady-state map
     def steady_state(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, *,
                      equilibrium: Activity | None = None, dropout: SharedDropout = NO_DROPOUT,
-                     feedback_input: torch.Tensor | None = None, cls_only: bool = False) -> Activity:
+                     feedback_input: torch.Tensor | None = None, cls_only: bool = False,
+                     join: bool = True) -> Activity:
         """One pass of the steady-state map ``a = g(F(a_in))`` over all populations, with taps.
 
         Without ``equilibrium`` this is the rate-coded ANN the spiking network converges to. With
@@ -335,6 +336,8 @@ class SpikingBert(nn.Module):
         while its gradient is that of the map (see ``straight_through``); ``config.grad_point``
         chooses whether each map is evaluated on the simulated input ASRs ("snn", the Jacobian at
         the spiking equilibrium) or on the map's own chain ("ann", the reference code).
+        ``join=False`` returns the map's own values ``g(F(a_in))`` evaluated on the simulated
+        input ASRs instead (the residual of the steady-state equation is ``asr - that``).
         """
         rate = self.neuron.rate
         bias = self.mask_bias(attention_mask, emb_current.dtype)
@@ -347,6 +350,9 @@ class SpikingBert(nn.Module):
             if equilibrium is None:
                 out.asr[name] = a
                 return a
+            if not join:
+                out.asr[name] = a
+                return equilibrium.asr[name]
             joined = straight_through(equilibrium.asr[name], a)
             out.asr[name] = joined
             return joined if at_snn else a
@@ -361,7 +367,7 @@ class SpikingBert(nn.Module):
             a_k = settle(p + "key", layer.key_current(x))
             a_v = settle(p + "value", layer.value_current(x))
             ctx, scores = layer.context_current(x, a_k, a_v, bias, dropout, qpos)
-            if equilibrium is not None and equilibrium.attention_scores:
+            if join and equilibrium is not None and equilibrium.attention_scores:
                 scores = straight_through(equilibrium.attention_scores[i], scores)
             out.attention_scores.append(scores)
             x_res = x if qpos is None else x[..., qpos, :]
