@@ -1,0 +1,265 @@
+"""``spikingbert``: the command line. Argument parsing and wiring only; the work lives in the packages."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error reported as one line (no stack trace)."""
+
+
+# ------------------------------------------------------------------------------------ data helpers
+def _add_data_args(p: argparse.ArgumentParser, task_required: bool = False) -> None:
+    p.add_argument("--task", default=None if not task_required else "sst2",
+                   help="GLUE task (sst2, cola, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli) or 'custom'")
+    p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
+    p.add_argument("--data-file", default=None, help="custom TSV/CSV (with --task custom): the split to use")
+    p.add_argument("--train-file", default=None, help="custom TSV/CSV training file (with --task custom)")
+    p.add_argument("--text-columns", default="sentence", help="custom data: 1 or 2 comma-separated text columns")
+    p.add_argument("--label-column", default="label", help="custom data: label column")
+    p.add_argument("--task-type", default="classification", choices=("classification", "regression"))
+    p.add_argument("--labels", default=None, help="custom data: comma-separated label values (default: inferred)")
+
+
+def _task_and_examples(args, split: str, limit: int | None = None):
+    from training.data import custom_task_spec, get_task, load_custom, load_glue
+
+    if (args.task or "").lower() == "custom":
+        path = args.data_file if split != "train" else (args.train_file or args.data_file)
+        if not path:
+            raise CliError("--task custom needs --data-file (and --train-file for training)")
+        cols = [c for c in args.text_columns.split(",") if c]
+        labels = args.labels.split(",") if args.labels else None
+        spec = custom_task_spec(task_type=args.task_type, labels=labels,
+                                path=(args.train_file or path) if labels is None and args.task_type == "classification"
+                                else None, text_columns=cols, label_column=args.label_column)
+        return spec, load_custom(path, cols, args.label_column, args.task_type,
+                                 labels=spec.labels, limit=limit)
+    spec = get_task(args.task or "sst2")
+    return spec, load_glue(spec, split, args.glue_dir, limit=limit)
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        from lava_spikingbert.fileio import atomic_write_json
+
+        atomic_write_json(Path(path), payload)
+        print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------ subcommands
+def cmd_teacher(args) -> int:
+    from training.teacher import finetune_teacher
+
+    spec, _ = _task_and_examples(args, "dev", limit=1)
+    result = finetune_teacher(spec, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, epochs=args.epochs,
+                              lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+                              limit_train=args.limit_train, limit_eval=args.limit, resume=args.resume,
+                              overwrite=args.overwrite)
+    dev = result.get("dev") or {}
+    print(f"teacher dev {spec.main_metric}: {dev.get(spec.main_metric)}  ->  {args.out}")
+    _write_json(args.json, {"task": spec.name, "split": "dev", "n": result.get("dev_n"), "metrics": dev,
+                            "t_conv": None, "backend": "torch", "precision": "fp32", "model": "teacher",
+                            "wall_s": result.get("wall_s"), "sentences_per_s": result.get("dev_eval_sentences_per_s")})
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from lava_spikingbert import SpikingBert
+    from training.common import init_distributed
+    from training.data import encode, plain_text_corpus
+    from training.distill import StageSettings, init_student_from_teacher, run_stage, student_config_from_teacher
+    from training.teacher import load_teacher
+
+    dist = init_distributed()
+    spec, train_ex = _task_and_examples(args, "train", limit=args.limit_train)
+    _, dev_ex = _task_and_examples(args, "dev", limit=args.limit)
+    teacher_path = args.teacher
+    teacher, tokenizer = load_teacher(teacher_path, num_labels=spec.num_labels if args.stage != "general" else None,
+                                      problem_type=spec.problem_type)
+    if args.student:
+        student = SpikingBert.from_pretrained(args.student)
+    else:
+        config = student_config_from_teacher(teacher.config, num_layers=args.layers, t_conv=args.t_conv,
+                                             max_length=args.max_length, num_labels=spec.num_labels,
+                                             problem_type="regression" if spec.is_regression else "classification")
+        student = SpikingBert(config)
+        if args.init != "none":
+            init_student_from_teacher(student, teacher, layers=args.init == "layers")
+    if args.stage == "general":
+        corpus = plain_text_corpus(args.corpus) if args.corpus else plain_text_corpus(train_ex)
+        train = encode(corpus, tokenizer, args.max_length)
+    else:
+        train = encode(train_ex, tokenizer, args.max_length)
+    dev = encode(dev_ex, tokenizer, args.max_length)
+    layer_map = [int(x) for x in args.layer_map.split(",")] if args.layer_map else None
+    settings = StageSettings(stage=args.stage, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             t_conv=args.train_t_conv, eval_every=args.eval_every, temperature=args.temperature,
+                             gold_labels=args.gold_labels, seed=args.seed, weights=args.weights, layer_map=layer_map,
+                             checkpoint_every=args.checkpoint_every, run_steps=args.run_steps)
+    result = run_stage(settings, student, teacher, train, args.out, tokenizer=tokenizer, spec=spec, dev=dev,
+                       resume=args.resume, dist=dist)
+    if dist.is_main:
+        state = "complete" if result.completed else f"stopped at step {result.steps} (resume with --resume)"
+        print(f"stage {args.stage}: {state}; output {result.final_dir if result.completed else args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from lava_spikingbert import SpikingBert
+    from training.data import encode
+    from training.distill import evaluate_student
+
+    torch.set_num_threads(args.threads)
+    model = SpikingBert.from_pretrained(args.model)
+    tokenizer = _load_tokenizer(args.model)
+    spec, examples = _task_and_examples(args, args.split, limit=args.limit)
+    rows = []
+    for T in args.t_conv:
+        enc = encode(examples, tokenizer, min(args.max_length, model.config.max_length))
+        r = evaluate_student(model, enc, spec, t_conv=T, batch_size=args.batch_size, progress=True)
+        r.pop("predictions")
+        row = {"task": spec.name, "split": args.split, "backend": "torch", "precision": model.config.weights, **r}
+        rows.append(row)
+        print(f"T={T:>3}  {spec.main_metric}={100 * r['metrics'].get(spec.main_metric, float('nan')):.2f}%  "
+              f"n={r['n']}  {r['sentences_per_s']:.1f} sentences/s")
+    _write_json(args.json, rows[0] if len(rows) == 1 else {"runs": rows})
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from training.pipeline import run_pipeline
+
+    eval_t = tuple(int(x) for x in args.eval_t.split(","))
+    run_pipeline(args.task, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, budget=args.budget,
+                 resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
+                 init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
+                 general_corpus=args.corpus, seed=args.seed, weights=args.weights)
+    return 0
+
+
+def _load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    if not (Path(model_dir) / "tokenizer_config.json").is_file():
+        raise CliError(f"{model_dir}: no tokenizer files in the checkpoint directory")
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spikingbert", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("teacher", help="fine-tune a BERT teacher on a task")
+    _add_data_args(p)
+    p.add_argument("--teacher", default=None, help="local HF BERT directory (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="dev sentences")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("distill", help="one knowledge-distillation stage of the spiking student")
+    _add_data_args(p)
+    p.add_argument("--stage", required=True, choices=("general", "intermediate", "prediction"))
+    p.add_argument("--teacher", default=None, help="teacher directory (general: pre-trained; else fine-tuned)")
+    p.add_argument("--student", default=None, help="student checkpoint to start from (default: new student)")
+    p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"),
+                   help="new student: copy teacher embeddings (+ mapped layers)")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layer-map", default=None, help="teacher layer (1-based) per student layer, e.g. 3,6,9,12")
+    p.add_argument("--t-conv", type=int, default=16, help="new student: evaluation simulation steps")
+    p.add_argument("--train-t-conv", type=int, default=None, help="simulation steps while training")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--run-steps", type=int, default=None, help="stop (resumably) after this many steps")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--gold-labels", action="store_true", help="prediction stage: train on gold labels")
+    p.add_argument("--corpus", default=None, help="general stage: plain-text file, one sentence per line")
+    p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="dev sentences")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("eval", help="evaluate a spiking student (torch simulation)")
+    _add_data_args(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--t-conv", type=int, nargs="+", default=[16])
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pipeline", help="teacher -> 3 KD stages -> evaluation vs T (the main job)")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--glue-dir", default=None)
+    p.add_argument("--out", default="runs/sst2")
+    p.add_argument("--budget", default="default", choices=("tiny", "default", "full"))
+    p.add_argument("--teacher", default=None, help="base teacher directory (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--restart", action="store_true", help="ignore existing outputs/checkpoints in --out")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--t-conv", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"))
+    p.add_argument("--gold-labels", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--eval-t", default="4,8,16,32,64")
+    p.add_argument("--corpus", default=None)
+    p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_pipeline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("training").setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"spikingbert: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as exc:
+        if args.verbose:
+            raise
+        print(f"spikingbert {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("spikingbert: interrupted (checkpoints written so far are kept; rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

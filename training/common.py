@@ -1,0 +1,101 @@
+"""Small pieces every training loop here shares: seeding, RNG snapshots, optimizer, schedule, DDP."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, LayerNorm parameters and other 1-d tensors (as BERT)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name or name.endswith(".bias")
+         else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    decay: bool = True) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then linear decay to 0 at ``total_steps`` (or constant if not ``decay``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if not decay:
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class DistEnv:
+    """Process-group facts; a single process is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """All-reduce (mean) every parameter's gradient: data-parallel training on CPU (gloo).
+
+        Done by hand rather than with DistributedDataParallel because a training step here is a
+        no-grad simulation plus a steady-state pass that only touches some parameters per stage.
+        """
+        if self.world_size == 1:
+            return
+        for p in model.parameters():
+            if not p.requires_grad:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+            p.grad /= self.world_size
+
+    def mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t) / self.world_size
+
+
+def init_distributed() -> DistEnv:
+    """Join the process group when started by torchrun (env WORLD_SIZE > 1), gloo backend on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="gloo")
+    return DistEnv(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size())

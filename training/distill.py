@@ -1,0 +1,389 @@
+"""Knowledge distillation of the spiking student from a BERT teacher (SpikingBERT's three steps).
+
+1. general KD: attention-score + hidden-state MSE against a pre-trained (not fine-tuned) teacher on
+   plain text;
+2. task internal-layer KD: the same losses against the task-fine-tuned teacher on task data;
+3. prediction-layer KD: soft cross-entropy with temperature on the teacher's logits, or gold labels
+   (MSE for regression).
+
+Every training step: the spiking network runs ``t_conv`` steps without autograd; the loss is taken
+on its ASRs and time-averaged attention scores, and gradients come from the steady-state map at
+that equilibrium (``SpikingBert.forward(mode="equilibrium")``). Hidden states are compared through
+the learned projection W_Td (``model.fit_dense``), because ASRs live in [0, 1] while BERT hidden
+states do not.
+
+The loop below reads top to bottom; checkpoints are written atomically and ``resume=True``
+continues a killed run to the same weights an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lava_spikingbert import SpikingBert, SpikingBertConfig
+from lava_spikingbert.checkpoint import write_model_files
+from lava_spikingbert.fileio import atomic_directory, atomic_write_json
+from training.common import DistEnv, linear_schedule, make_optimizer, rng_state, seed_all, set_rng_state
+from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("general", "intermediate", "prediction")
+STATE_FILE = "training_state.pt"
+DONE_FILE = "stage_done.json"
+
+
+@dataclass
+class StageSettings:
+    stage: str
+    max_steps: int
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    decay: bool = True  # linear decay after warm-up (the reference keeps step 2 constant)
+    t_conv: int | None = None  # simulation steps while training (None: the model's t_conv)
+    eval_every: int = 0  # evaluate on dev every N steps (0: only at the end)
+    checkpoint_every: int = 100
+    temperature: float = 1.0
+    gold_labels: bool = False  # prediction stage: labels instead of the teacher's logits
+    seed: int = 42
+    weights: str = "fp32"
+    clip_norm: float = 1.0
+    layer_map: list[int] | None = None  # student layer i -> teacher layer (1-based)
+    run_steps: int | None = None  # stop (resumably) after this many steps in this call
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+# --------------------------------------------------------------------------- student set-up
+def default_layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """Student layer i (0-based) learns from teacher layer ceil((i+1) * n_teacher / n_student)
+    (1-based): 4 from 12 gives 3, 6, 9, 12 as in the paper; 4 from 6 gives 2, 3, 5, 6."""
+    return [math.ceil((i + 1) * n_teacher / n_student) for i in range(n_student)]
+
+
+def student_config_from_teacher(teacher_config, *, num_layers: int = 4, t_conv: int = 16,
+                                max_length: int = 128, num_labels: int = 2,
+                                problem_type: str = "classification", **overrides) -> SpikingBertConfig:
+    """A student as wide as the teacher (so embeddings and layers can be copied), ``num_layers`` deep."""
+    return SpikingBertConfig(
+        vocab_size=teacher_config.vocab_size,
+        hidden_size=teacher_config.hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=teacher_config.num_attention_heads,
+        intermediate_size=teacher_config.intermediate_size,
+        max_position_embeddings=teacher_config.max_position_embeddings,
+        type_vocab_size=teacher_config.type_vocab_size,
+        max_length=min(max_length, teacher_config.max_position_embeddings),
+        pad_token_id=teacher_config.pad_token_id if teacher_config.pad_token_id is not None else 0,
+        layer_norm_eps=teacher_config.layer_norm_eps,
+        t_conv=t_conv,
+        num_labels=1 if problem_type == "regression" else num_labels,
+        problem_type=problem_type,
+        fit_size=teacher_config.hidden_size,
+        **overrides,
+    )
+
+
+def init_student_from_teacher(student: SpikingBert, teacher, *, layers: bool = True,
+                              layer_map: list[int] | None = None) -> list[str]:
+    """Copy the teacher's embeddings (and, with ``layers``, its mapped encoder layers) into the
+    student. Returns the names of the copied student tensors."""
+    bert = teacher.bert if hasattr(teacher, "bert") else teacher
+    t_state = bert.state_dict()
+    copied = []
+
+    def copy(dst: torch.Tensor, key: str, name: str) -> None:
+        src = t_state[key]
+        if src.shape != dst.shape:
+            raise ValueError(f"cannot initialise student {name} {tuple(dst.shape)} from teacher {key} "
+                             f"{tuple(src.shape)}: widths differ (use --init none)")
+        with torch.no_grad():
+            dst.copy_(src)
+        copied.append(name)
+
+    for name, p in student.embeddings.named_parameters():
+        copy(p, f"embeddings.{name}", f"embeddings.{name}")
+    if layers:
+        n_t = bert.config.num_hidden_layers
+        lmap = layer_map or default_layer_map(len(student.layers), n_t)
+        pairs = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                 "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+                 "intermediate": "intermediate.dense", "output": "output.dense", "output_norm": "output.LayerNorm"}
+        for i, layer in enumerate(student.layers):
+            t_prefix = f"encoder.layer.{lmap[i] - 1}."
+            for ours, theirs in pairs.items():
+                for pname, p in getattr(layer, ours).named_parameters():
+                    copy(p, f"{t_prefix}{theirs}.{pname}", f"layers.{i}.{ours}.{pname}")
+    return copied
+
+
+# --------------------------------------------------------------------------- losses
+def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    valid = mask.bool()
+    return (valid[:, None, :, None] & valid[:, None, None, :])  # B x 1 x Lq x Lk
+
+
+def attention_loss(student_scores: list[torch.Tensor], teacher_scores: list[torch.Tensor],
+                   layer_map: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """MSE of pre-softmax attention scores over real (query, key) pairs; padded entries are
+    ignored on both sides. With different head counts the head-averaged maps are compared."""
+    pairs = _pair_mask(mask)
+    total = 0.0
+    for i, s in enumerate(student_scores):
+        t = teacher_scores[layer_map[i] - 1].to(s.dtype)
+        if s.shape[1] != t.shape[1]:
+            s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+        m = pairs.expand_as(s)
+        total = total + F.mse_loss(s[m], t[m])
+    return total
+
+
+def hidden_loss(projected: list[torch.Tensor], teacher_hidden: list[torch.Tensor], layer_map: list[int],
+                mask: torch.Tensor) -> torch.Tensor:
+    """MSE between W_Td * ASR and the teacher's hidden states on real tokens: the student's
+    embedding population against the teacher's embeddings, layer i against teacher layer map[i]."""
+    valid = mask.bool()
+    sources = [0] + list(layer_map)
+    total = 0.0
+    for p, j in zip(projected, sources):
+        total = total + F.mse_loss(p[valid], teacher_hidden[j].to(p.dtype)[valid])
+    return total
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    target = F.softmax(teacher_logits / temperature, dim=-1)
+    return -(target * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
+
+
+def prediction_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
+                    settings: StageSettings, regression: bool) -> torch.Tensor:
+    if regression:
+        target = labels if (settings.gold_labels or teacher_logits is None) else teacher_logits.squeeze(-1)
+        if target is None:
+            raise ValueError("regression prediction stage needs labels or teacher outputs")
+        return F.mse_loss(logits.squeeze(-1), target.to(logits.dtype))
+    if settings.gold_labels or teacher_logits is None:
+        if labels is None:
+            raise ValueError("prediction stage with gold labels needs labelled data")
+        return F.cross_entropy(logits, labels)
+    return soft_cross_entropy(logits, teacher_logits, settings.temperature)
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_student(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec, *, t_conv: int | None = None,
+                     batch_size: int = 64, progress: bool = False) -> dict:
+    """Task metrics of the spiking simulation at ``t_conv`` steps, plus wall time and throughput."""
+    from tqdm.auto import tqdm
+
+    from training.data import compute_metrics
+
+    was_training = model.training
+    model.eval()
+    T = int(t_conv or model.config.t_conv)
+    n = len(encoded)
+    logits = torch.zeros(n, model.config.num_labels)
+    start = time.perf_counter()
+    batches = length_bucketed_batches(encoded, batch_size, shuffle=False)
+    for batch in tqdm(batches, desc=f"eval T={T}", disable=not progress, leave=False):
+        out = model.predict_logits(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], t_conv=T)
+        logits[batch["index"]] = out.float()
+    wall = time.perf_counter() - start
+    model.train(was_training)
+    preds = logits.squeeze(-1).numpy() if spec.is_regression else logits.argmax(-1).numpy()
+    metrics = compute_metrics(spec, preds, encoded.labels) if encoded.labels is not None else {}
+    return {"metrics": metrics, "n": n, "t_conv": T, "wall_s": wall, "sentences_per_s": n / wall if wall else None,
+            "predictions": preds.tolist()}
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, model: SpikingBert, tokenizer=None, state: dict | None = None) -> None:
+    with atomic_directory(path) as tmp:
+        write_model_files(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+
+
+def stage_done(stage_dir: Path) -> bool:
+    return (stage_dir / DONE_FILE).is_file() and (stage_dir / "final" / "config.json").is_file()
+
+
+# --------------------------------------------------------------------------- one stage
+@dataclass
+class StageResult:
+    stage: str
+    steps: int
+    final_dir: Path
+    wall_s: float
+    sentences_per_s: float
+    best_metric: float | None = None
+    history: list[dict] = field(default_factory=list)
+    completed: bool = True
+
+
+def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: EncodedDataset, stage_dir: str | Path,
+              *, tokenizer=None, spec: TaskSpec | None = None, dev: EncodedDataset | None = None,
+              resume: bool = False, dist: DistEnv | None = None, progress: bool = True) -> StageResult:
+    """Train ``student`` for one distillation stage; writes ``stage_dir/final`` (the stage's output:
+    the best dev checkpoint for the prediction stage, the last one otherwise) and keeps a resumable
+    ``stage_dir/checkpoint``."""
+    from tqdm.auto import tqdm
+
+    from training.teacher import teacher_outputs
+
+    dist = dist or DistEnv()
+    stage_dir = Path(stage_dir)
+    ckpt_dir, final_dir = stage_dir / "checkpoint", stage_dir / "final"
+    if settings.weights != "fp32":
+        raise NotImplementedError(f"--weights {settings.weights}: quantization-aware training is not "
+                                  "available yet; only fp32 is implemented")
+    if settings.stage == "prediction" and settings.gold_labels and train.labels is None:
+        raise ValueError("prediction stage with gold labels needs labelled training data")
+    n_teacher_layers = teacher.config.num_hidden_layers if teacher is not None else None
+    layer_map = settings.layer_map or (default_layer_map(len(student.layers), n_teacher_layers)
+                                       if n_teacher_layers else None)
+    if layer_map is not None and (len(layer_map) != len(student.layers)
+                                  or not all(1 <= j <= (n_teacher_layers or 0) for j in layer_map)):
+        raise ValueError(f"layer_map {layer_map} must give one teacher layer in 1..{n_teacher_layers} "
+                         f"for each of the {len(student.layers)} student layers")
+    needs_teacher = settings.stage != "prediction" or not settings.gold_labels
+    if needs_teacher and teacher is None:
+        raise ValueError(f"stage {settings.stage!r} needs a teacher")
+    if settings.stage != "prediction" and student.fit_dense is None:
+        raise ValueError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
+    regression = student.config.problem_type == "regression"
+
+    seed_all(settings.seed)
+    student.train()
+    optimizer = make_optimizer(student, settings.lr, settings.weight_decay)
+    scheduler = linear_schedule(optimizer, int(settings.warmup * settings.max_steps), settings.max_steps,
+                                decay=settings.decay)
+    step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0
+    if resume and (ckpt_dir / STATE_FILE).is_file():
+        state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
+        if state["settings"]["stage"] != settings.stage or state["settings"]["max_steps"] != settings.max_steps:
+            raise ValueError(f"{ckpt_dir}: checkpoint is for stage {state['settings']['stage']} with "
+                             f"{state['settings']['max_steps']} steps; refusing to resume with different settings")
+        from safetensors.torch import load_file
+        student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best, history = state["step"], state["best"], state["history"]
+        wall_before, seen_before = state["wall_s"], state["sentences"]
+        set_rng_state(state["rng"])
+        if dist.is_main:
+            logger.info("resuming stage %s at step %d/%d", settings.stage, step, settings.max_steps)
+
+    def checkpoint_state() -> dict:
+        return {"settings": asdict(settings), "step": step, "best": best, "history": history,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "wall_s": wall_before + (time.perf_counter() - start), "sentences": seen}
+
+    def evaluate() -> float | None:
+        nonlocal best
+        if dev is None or spec is None or settings.stage != "prediction":
+            return None
+        result = evaluate_student(student, dev, spec)
+        student.train()
+        value = result["metrics"][spec.main_metric]
+        history.append({"step": step, spec.main_metric: value})
+        if best is None or value > best:
+            best = value
+            if dist.is_main:
+                save_checkpoint(stage_dir / "best", student, tokenizer)
+        if dist.is_main:
+            logger.info("stage %s step %d: dev %s = %.4f (best %.4f)", settings.stage, step, spec.main_metric,
+                        value, best)
+        return value
+
+    T = settings.t_conv
+    per_epoch = len(length_bucketed_batches(train, settings.batch_size, shuffle=True, seed=settings.seed,
+                                            rank=dist.rank, world_size=dist.world_size))
+    start = time.perf_counter()
+    seen = seen_before
+    steps_this_call = 0
+    bar = tqdm(total=settings.max_steps, initial=step, desc=f"KD {settings.stage}", disable=not (progress and dist.is_main))
+    running = None
+    while step < settings.max_steps:
+        epoch, skip = divmod(step, per_epoch)
+        batches = length_bucketed_batches(train, settings.batch_size, shuffle=True, seed=settings.seed, epoch=epoch,
+                                          rank=dist.rank, world_size=dist.world_size)
+        for idx in batches.batch_indices()[skip:]:
+            batch = batches.collate(idx)
+            mask = batch["attention_mask"]
+            out = student(batch["input_ids"], mask, batch["token_type_ids"], mode="equilibrium", t_conv=T)
+            t_out = teacher_outputs(teacher, batch) if needs_teacher else None
+            if settings.stage == "prediction":
+                loss = prediction_loss(out.logits, t_out.logits if t_out is not None else None,
+                                       batch.get("labels"), settings, regression)
+                parts = {"pred": float(loss)}
+            else:
+                att = attention_loss(out.attention_scores, t_out.attention_scores, layer_map, mask)
+                rep = hidden_loss(out.projected_hidden, t_out.hidden_states, layer_map, mask)
+                loss = att + rep
+                parts = {"att": float(att), "rep": float(rep)}
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            dist.average_gradients(student)
+            if settings.clip_norm:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), settings.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            steps_this_call += 1
+            seen += int(mask.shape[0]) * dist.world_size
+            running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+            if settings.eval_every and step % settings.eval_every == 0 and step < settings.max_steps:
+                evaluate()
+            if step % settings.checkpoint_every == 0 and step < settings.max_steps and dist.is_main:
+                save_checkpoint(ckpt_dir, student, tokenizer, checkpoint_state())
+            if step >= settings.max_steps or (settings.run_steps and steps_this_call >= settings.run_steps):
+                break
+        if settings.run_steps and steps_this_call >= settings.run_steps and step < settings.max_steps:
+            break
+    bar.close()
+    wall = wall_before + (time.perf_counter() - start)
+    completed = step >= settings.max_steps
+    if not completed:  # interrupted on purpose (run_steps): leave a resumable checkpoint
+        if dist.is_main:
+            save_checkpoint(ckpt_dir, student, tokenizer, checkpoint_state())
+        dist.barrier()
+        return StageResult(settings.stage, step, final_dir, wall, seen / wall if wall else 0.0, best, history, False)
+    evaluate()
+    if dist.is_main:
+        if settings.stage == "prediction" and (stage_dir / "best").is_dir():
+            best_model = SpikingBert.from_pretrained(stage_dir / "best")
+            save_checkpoint(final_dir, best_model, tokenizer)
+        else:
+            save_checkpoint(final_dir, student, tokenizer)
+        save_checkpoint(ckpt_dir, student, tokenizer, checkpoint_state())
+        result = {"stage": settings.stage, "steps": step, "wall_s": wall, "sentences": seen,
+                  "sentences_per_s": seen / wall if wall else None, "best_dev": best, "history": history,
+                  "settings": asdict(settings)}
+        atomic_write_json(stage_dir / DONE_FILE, result)
+    dist.barrier()
+    return StageResult(settings.stage, step, final_dir, wall, seen / wall if wall else 0.0, best, history, True)
+
+
+def load_stage_result(stage_dir: Path) -> dict:
+    return json.loads((Path(stage_dir) / DONE_FILE).read_text())

@@ -1,0 +1,202 @@
+"""The main job: teacher fine-tuning -> three distillation stages -> evaluation across T.
+
+``run_pipeline`` leaves ``OUT/teacher/`` (fine-tuned HF BERT), ``OUT/student/`` (the final spiking
+student, HF-style), ``OUT/stages/{1-general,2-intermediate,3-prediction}/``, ``OUT/eval_vs_T.json``,
+``OUT/accuracy_vs_T.png`` and ``OUT/pipeline_summary.json``. Every step is skipped when its output
+is complete, so re-running with ``resume=True`` after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from lava_spikingbert import SpikingBert
+from lava_spikingbert.fileio import atomic_write_json
+from training.common import init_distributed, seed_all
+from training.data import encode, get_task, load_glue, plain_text_corpus
+from training.distill import (StageSettings, evaluate_student, init_student_from_teacher, load_stage_result,
+                              run_stage, save_checkpoint, stage_done, student_config_from_teacher)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training each step gets. ``default`` fits in about an hour on 2 CPU cores."""
+
+    teacher_epochs: float
+    general_steps: int
+    intermediate_steps: int
+    prediction_steps: int
+    batch_size: int = 32
+    train_t_conv: int = 8  # simulation steps while training (evaluation uses the model's t_conv)
+    eval_every: int = 200
+    general_limit: int | None = None  # sentences of the general-KD corpus
+    teacher_limit: int | None = None
+    dev_limit: int | None = None
+
+
+BUDGETS = {
+    "tiny": Budget(teacher_epochs=1, general_steps=4, intermediate_steps=4, prediction_steps=6, batch_size=8,
+                   train_t_conv=4, eval_every=3, general_limit=64, teacher_limit=64, dev_limit=32),
+    "default": Budget(teacher_epochs=1, general_steps=300, intermediate_steps=700, prediction_steps=600,
+                      train_t_conv=8, eval_every=200),
+    "full": Budget(teacher_epochs=3, general_steps=4000, intermediate_steps=8000, prediction_steps=4000,
+                   train_t_conv=16, eval_every=500),
+}
+EVAL_T = (4, 8, 16, 32, 64)
+
+
+def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
+    steps = {"general": budget.general_steps, "intermediate": budget.intermediate_steps,
+             "prediction": budget.prediction_steps}[stage]
+    lr = {"general": 1e-4, "intermediate": 1e-4, "prediction": 5e-5}[stage]
+    base = StageSettings(stage=stage, max_steps=steps, batch_size=budget.batch_size, lr=lr,
+                         t_conv=budget.train_t_conv, checkpoint_every=max(1, min(100, steps // 4)),
+                         eval_every=budget.eval_every if stage == "prediction" else 0)
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def plot_accuracy_vs_t(rows: list[dict], metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["t_conv"] for r in rows], [100 * r["metrics"][metric] for r in rows], "o-")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("simulation steps T")
+    ax.set_ylabel(f"dev {metric} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_dir=None, teacher_path=None,
+                 budget: str | Budget = "default", resume: bool = True, num_layers: int = 4, t_conv: int = 16,
+                 max_length: int = 64, init: str = "layers", gold_labels: bool = False, temperature: float = 1.0,
+                 eval_t: tuple[int, ...] = EVAL_T, general_corpus: str | None = None, seed: int = 42,
+                 weights: str = "fp32", progress: bool = True) -> dict:
+    from training.teacher import default_teacher_path, finetune_teacher, load_teacher
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dist = init_distributed()
+    b = BUDGETS[budget] if isinstance(budget, str) else budget
+    spec = get_task(task)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, dict] = {}
+    t_start = time.perf_counter()
+
+    # 1. teacher ------------------------------------------------------------------------------
+    teacher_dir = out / "teacher"
+    base_teacher_path = teacher_path or default_teacher_path()
+    if not (teacher_dir / "teacher_metrics.json").is_file() or not (teacher_dir / "config.json").is_file() \
+            or _teacher_incomplete(teacher_dir):
+        if dist.is_main:
+            t0 = time.perf_counter()
+            tm = finetune_teacher(spec, teacher_dir, glue_dir=glue_dir, teacher_path=base_teacher_path,
+                                  epochs=b.teacher_epochs, max_length=max_length, seed=seed,
+                                  limit_train=b.teacher_limit, limit_eval=b.dev_limit, resume=resume,
+                                  progress=progress)
+            timings["teacher"] = {"wall_s": time.perf_counter() - t0, "dev": tm.get("dev")}
+        dist.barrier()
+    teacher_metrics = _read_json(teacher_dir / "teacher_metrics.json")
+    task_teacher, tokenizer = load_teacher(teacher_dir, num_labels=spec.num_labels, problem_type=spec.problem_type)
+    base_teacher, _ = load_teacher(base_teacher_path, num_labels=None)
+
+    # data ----------------------------------------------------------------------------------------
+    train_ex = load_glue(spec, "train", glue_dir)
+    dev_ex = load_glue(spec, "dev", glue_dir, limit=b.dev_limit)
+    train = encode(train_ex, tokenizer, max_length)
+    dev = encode(dev_ex, tokenizer, max_length)
+    corpus = plain_text_corpus(general_corpus) if general_corpus else plain_text_corpus(train_ex)
+    if b.general_limit:
+        corpus = corpus[: b.general_limit]
+    general = encode(corpus, tokenizer, max_length)
+
+    # 2. student initialisation -------------------------------------------------------------------
+    seed_all(seed)
+    config = student_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
+                                         max_length=max_length, num_labels=spec.num_labels,
+                                         problem_type="regression" if spec.is_regression else "classification")
+    config.extra.update({"task": spec.name, "teacher": str(base_teacher_path), "init": init})
+    student = SpikingBert(config)
+    if init != "none":
+        init_student_from_teacher(student, base_teacher, layers=(init == "layers"))
+
+    # 3. the three distillation stages --------------------------------------------------------------
+    stages = [("general", base_teacher, general, "1-general"),
+              ("intermediate", task_teacher, train, "2-intermediate"),
+              ("prediction", task_teacher, train, "3-prediction")]
+    previous = None
+    for stage, teacher, data, dirname in stages:
+        stage_dir = out / "stages" / dirname
+        if previous is not None:
+            student = SpikingBert.from_pretrained(previous)
+            student.config.t_conv = t_conv
+        if stage_done(stage_dir):
+            logger.info("stage %s already complete: %s", stage, stage_dir)
+        else:
+            settings = _stage_settings(stage, b, seed=seed, weights=weights,
+                                       gold_labels=gold_labels if stage == "prediction" else None,
+                                       temperature=temperature)
+            run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=dev,
+                      resume=resume, dist=dist, progress=progress)
+        timings[stage] = {k: v for k, v in load_stage_result(stage_dir).items() if k in
+                          ("wall_s", "sentences_per_s", "steps", "best_dev")}
+        previous = stage_dir / "final"
+
+    # 4. the final student and its accuracy vs T ----------------------------------------------------
+    student_dir = out / "student"
+    final = SpikingBert.from_pretrained(previous)
+    if dist.is_main:
+        save_checkpoint(student_dir, final, tokenizer)
+    rows = []
+    if dist.is_main:
+        for T in eval_t:
+            r = evaluate_student(final, dev, spec, t_conv=T, progress=progress)
+            r.pop("predictions")
+            rows.append({"task": spec.name, "split": "dev", "backend": "torch", "precision": weights, **r})
+            logger.info("T=%d dev %s", T, r["metrics"])
+        atomic_write_json(out / "eval_vs_T.json", rows)
+        plot_accuracy_vs_t(rows, spec.main_metric, out / "accuracy_vs_T.png",
+                           f"{spec.name}: spiking student vs T")
+        summary = {"task": spec.name, "budget": b.__dict__, "teacher": teacher_metrics, "stages": timings,
+                   "eval_vs_T": rows, "wall_s": time.perf_counter() - t_start, "student_dir": str(student_dir)}
+        atomic_write_json(out / "pipeline_summary.json", summary)
+        _print_table(rows, spec.main_metric, teacher_metrics)
+    dist.barrier()
+    return {"rows": rows, "student_dir": student_dir, "teacher": teacher_metrics}
+
+
+def _teacher_incomplete(teacher_dir: Path) -> bool:
+    m = _read_json(teacher_dir / "teacher_metrics.json") if (teacher_dir / "teacher_metrics.json").is_file() else {}
+    return not m.get("completed", True)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def _print_table(rows: list[dict], metric: str, teacher: dict) -> None:
+    print(f"\n{'T':>4} | {'dev ' + metric:>12} | {'sentences/s':>11}")
+    print("-" * 34)
+    for r in rows:
+        print(f"{r['t_conv']:>4} | {100 * r['metrics'][metric]:>11.2f}% | {r['sentences_per_s']:>11.1f}")
+    tm = (teacher or {}).get("dev") or {}
+    if metric in tm:
+        print(f"teacher | {100 * tm[metric]:.2f}%")
+
