@@ -73,7 +73,7 @@ def cmd_teacher(args) -> int:
 
 def cmd_distill(args) -> int:
     from lava_spikingbert import SpikingBert
-    from training.common import init_distributed
+    from training.common import init_distributed, seed_all
     from training.data import encode, plain_text_corpus
     from training.distill import StageSettings, init_student_from_teacher, run_stage, student_config_from_teacher
     from training.teacher import load_teacher
@@ -84,6 +84,7 @@ def cmd_distill(args) -> int:
     teacher_path = args.teacher
     teacher, tokenizer = load_teacher(teacher_path, num_labels=spec.num_labels if args.stage != "general" else None,
                                       problem_type=spec.problem_type)
+    seed_all(args.seed)  # a new student's random parts (W_Td, classifier) are reproducible
     if args.student:
         student = SpikingBert.from_pretrained(args.student)
     else:

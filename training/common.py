@@ -76,12 +76,23 @@ class DistEnv:
         if self.world_size == 1:
             return
         for p in model.parameters():
-            if not p.requires_grad:
+            if not p.requires_grad or p.grad is None:  # unused in this stage: the same on every rank
                 continue
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
             p.grad /= self.world_size
+
+    def check_in_sync(self, model: torch.nn.Module) -> None:
+        """Raise if the replicas' weights diverged (they must stay identical under averaged grads)."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+            lo, hi = flat.clone(), flat.clone()
+            torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+            torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+            gap = float((hi - lo).abs().max())
+        if gap > 0:
+            raise RuntimeError(f"data-parallel replicas diverged (max weight difference {gap:.3g})")
 
     def mean(self, value: float) -> float:
         if self.world_size == 1:

@@ -206,10 +206,12 @@ def _norm(name: str) -> str:
 
 def _alias_table() -> dict[str, str]:
     table: dict[str, str] = {}
+    for key in TASKS:  # canonical names first; aliases never shadow them ("MNLI" -> mnli, not mnli-mm)
+        table[_norm(key)] = key
     for key, spec in TASKS.items():
         for alias in (key, spec.glue_name or key, *spec.aliases):
-            table[_norm(alias)] = key
-            table[_norm(alias).replace("-", "")] = key
+            table.setdefault(_norm(alias), key)
+            table.setdefault(_norm(alias).replace("-", ""), key)
     return table
 
 
@@ -341,6 +343,7 @@ def _read_table(
         ia = _column_index(layout.text_a, header, path, "text")
         ib = None if layout.text_b is None else _column_index(layout.text_b, header, path, "second text")
         il = None if layout.label is None else _column_index(layout.label, header, path, "label")
+        needed = max(i for i in (ia, ib, il) if i is not None)
         for row in reader:
             line = reader.line_num
             if limit is not None and len(examples) >= limit:
@@ -352,7 +355,6 @@ def _read_table(
                     f"{path}:{line}: malformed row: expected {n_cols} {'tab' if delimiter == chr(9) else repr(delimiter)}"
                     f"-separated columns, found {len(row)}"
                 )
-            needed = max(i for i in (ia, ib, il) if i is not None)
             if len(row) <= needed:
                 raise DataError(f"{path}:{line}: malformed row: needs at least {needed + 1} columns, found {len(row)}")
             text_a = row[ia].strip()

@@ -334,12 +334,12 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
             if settings.stage == "prediction":
                 loss = prediction_loss(out.logits, t_out.logits if t_out is not None else None,
                                        batch.get("labels"), settings, regression)
-                parts = {"pred": float(loss)}
+                parts = {"pred": loss.item()}
             else:
                 att = attention_loss(out.attention_scores, t_out.attention_scores, layer_map, mask)
                 rep = hidden_loss(out.projected_hidden, t_out.hidden_states, layer_map, mask)
                 loss = att + rep
-                parts = {"att": float(att), "rep": float(rep)}
+                parts = {"att": att.item(), "rep": rep.item()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             dist.average_gradients(student)
@@ -350,7 +350,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
             step += 1
             steps_this_call += 1
             seen += int(mask.shape[0]) * dist.world_size
-            running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
+            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
             if settings.eval_every and step % settings.eval_every == 0 and step < settings.max_steps:
@@ -370,6 +370,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         dist.barrier()
         return StageResult(settings.stage, step, final_dir, wall, seen / wall if wall else 0.0, best, history, False)
     evaluate()
+    dist.check_in_sync(student)
     if dist.is_main:
         if settings.stage == "prediction" and (stage_dir / "best").is_dir():
             best_model = SpikingBert.from_pretrained(stage_dir / "best")
@@ -378,6 +379,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
             save_checkpoint(final_dir, student, tokenizer)
         save_checkpoint(ckpt_dir, student, tokenizer, checkpoint_state())
         result = {"stage": settings.stage, "steps": step, "wall_s": wall, "sentences": seen,
+                  "world_size": dist.world_size,
                   "sentences_per_s": seen / wall if wall else None, "best_dev": best, "history": history,
                   "settings": asdict(settings)}
         atomic_write_json(stage_dir / DONE_FILE, result)
