@@ -1,0 +1,71 @@
+"""``TokenLinear``: the same synapses ``W`` (out, in) applied at every token position.
+
+Input spikes (L, in) at step t -> current ``x W^T + b`` (L, out) delivered at step t+1, like
+Lava's ``Dense`` (every connection process adds one time step: ``send(a_buff)`` first, then
+``a_buff = f(recv())``), so a TokenLinear can replace a Dense in the delay bookkeeping.
+
+The bias is applied here (float model) so that the downstream neuron sees ``x W^T + b`` exactly
+as ``torch.nn.functional.linear`` computes it.
+
+TODO(loihi): a hardware realisation as a SubProcessModel of stock processes: 1x1 ``Conv`` over the
+token axis (Loihi-native weight sharing) or a block-diagonal ``Sparse``, with the bias moved into
+the downstream neuron's ``bias_mant``; plus a fixed_pt numpy model (integer weights on the Dense
+grid, computed in float64 for BLAS speed, exact below 2**53). Selected with
+``exception_proc_model_map`` per backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from lava_spikingbert.lava import kernels
+
+
+class TokenLinear(AbstractProcess):
+    """Token-wise linear synapses: s_in (L, in) -> a_out (L, out), one step of latency."""
+
+    def __init__(self, *, weight: np.ndarray, bias: np.ndarray | None = None, n_tokens: int,
+                 name: str | None = None, log_config: LogConfig | None = None) -> None:
+        weight = np.asarray(weight)
+        if weight.ndim != 2:
+            raise ValueError(f"TokenLinear weight must be (out, in), got {weight.shape}")
+        n_out, n_in = weight.shape
+        if bias is not None and np.shape(bias) != (n_out,):
+            raise ValueError(f"TokenLinear bias shape {np.shape(bias)} != ({n_out},)")
+        super().__init__(n_tokens=int(n_tokens), name=name, log_config=log_config)
+        self.s_in = InPort(shape=(int(n_tokens), n_in))
+        self.a_out = OutPort(shape=(int(n_tokens), n_out))
+        self.weight = Var(shape=(n_out, n_in), init=weight)
+        self.bias = Var(shape=(n_out,), init=0 if bias is None else np.asarray(bias))
+        self.a_buff = Var(shape=(int(n_tokens), n_out), init=0)
+
+
+@implements(proc=TokenLinear, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyTokenLinearModelFloat(PyLoihiProcessModel):
+    """float32: one (L, in) @ (in, out) matmul per step."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float32)
+    weight: np.ndarray = LavaPyType(np.ndarray, np.float32)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.float32)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float32)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        kernels.single_threaded_blas()
+
+    def run_spk(self) -> None:
+        self.a_out.send(self.a_buff)
+        x = np.asarray(self.s_in.recv(), dtype=np.float32)
+        self.a_buff = kernels.linear(x, self.weight, self.bias)
