@@ -148,6 +148,30 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from hw_export.export import export_model
+
+    mf = export_model(args.model, args.precision, args.out, scale_exp=args.scale_exp, netx_head=args.netx_head,
+                      head_t_conv=args.head_t_conv)
+    print(f"wrote {args.out} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations, "
+          f"{len(mf.connections)} connections)" + (f"; netx head {args.netx_head}" if args.netx_head else ""))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from hw_export.report import build_report, summary_lines
+
+    teacher = {"hidden_size": args.teacher_hidden, "num_hidden_layers": args.teacher_layers,
+               "intermediate_size": args.teacher_intermediate}
+    report = build_report(args.model, seq_len=args.seq_len, glue_dir=args.glue_dir, n_sentences=args.n_sentences,
+                          t_list=[int(t) for t in args.t_list.split(",")] if args.t_list else None,
+                          inputs=args.inputs, accuracy_json=args.accuracy_json, teacher=teacher, png=args.png,
+                          fixed_point_sentences=args.fixed_point_sentences, measure=not args.no_measure)
+    print("\n".join(summary_lines(report)))
+    _write_json(args.json, report)
+    return 0
+
+
 def _load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
@@ -237,6 +261,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("export", help="write the HDF5 model file (and a netx head) for Lava / Loihi 2")
+    p.add_argument("--model", required=True, help="student checkpoint directory")
+    p.add_argument("--precision", default="int8", choices=("fp32", "int8", "ternary", "binary"))
+    p.add_argument("--out", required=True, help="model file (.h5)")
+    p.add_argument("--scale-exp", type=int, default=10, help="fixed point: vth_mant = 2**scale_exp")
+    p.add_argument("--netx-head", default=None, help="also write the classifier head as a lava-dl netx HDF5")
+    p.add_argument("--head-t-conv", type=int, default=None, help="T the netx head's range is checked for")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="Loihi-2 static check, resources, operations and energy of a model file")
+    p.add_argument("--model", required=True, help="model file (.h5) written by 'spikingbert export'")
+    p.add_argument("--json", default=None)
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sentence (default: config max_length)")
+    p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
+    p.add_argument("--n-sentences", type=int, default=64, help="SST-2 dev sentences for measured ASRs")
+    p.add_argument("--t-list", default="4,8,16,32", help="time steps T to measure (plus the config's t_conv)")
+    p.add_argument("--inputs", default="auto", choices=("auto", "sst2", "random"))
+    p.add_argument("--accuracy-json", default=None, help="eval JSON (e.g. runs/sst2/eval_vs_T.json) for the plot")
+    p.add_argument("--png", default=None, help="accuracy and efficiency vs T plot")
+    p.add_argument("--teacher-hidden", type=int, default=None)
+    p.add_argument("--teacher-layers", type=int, default=None)
+    p.add_argument("--teacher-intermediate", type=int, default=None)
+    p.add_argument("--fixed-point-sentences", type=int, default=8)
+    p.add_argument("--no-measure", action="store_true", help="static check only (no simulation)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -55,7 +55,7 @@ class SpikingBertConfig:
     num_labels: int = 2
     problem_type: str = "classification"
     fit_size: int | None = None  # teacher width for the W_Td distillation projection (None = none)
-    # quantization of the synaptic weights (hw_export.quantize implements the non-fp32 modes)
+    # quantization of the synaptic weights (lava_spikingbert.quantizers; latent fp32 + straight-through)
     weights: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (task, teacher, ...)
 

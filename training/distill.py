@@ -252,9 +252,9 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     dist = dist or DistEnv()
     stage_dir = Path(stage_dir)
     ckpt_dir, final_dir = stage_dir / "checkpoint", stage_dir / "final"
-    if settings.weights != "fp32":
-        raise NotImplementedError(f"--weights {settings.weights}: quantization-aware training is not "
-                                  "available yet; only fp32 is implemented")
+    if settings.weights != "fp32":  # quantization-aware KD: latent fp32 weights, quantized forward, STE
+        from lava_spikingbert.quantizers import attach_weight_quantizers
+        attach_weight_quantizers(student, settings.weights)
     if settings.stage == "prediction" and settings.gold_labels and train.labels is None:
         raise ValueError("prediction stage with gold labels needs labelled training data")
     n_teacher_layers = teacher.config.num_hidden_layers if teacher is not None else None

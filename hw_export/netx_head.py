@@ -1,0 +1,229 @@
+"""The classifier head as a lava-dl netx chain (HDF5) and our own Lava builder of the same chain.
+
+The spiking student's head is ``logits = W_c a + b_c`` on the [CLS] ASR ``a`` of the last output
+population: a linear map of a *rate*, no neuron. On Loihi it becomes a purely sequential
+Dense + neuron chain::
+
+    [CLS] spikes of layer{N-1}.output (H, input layer)
+        -> Dense(W_mant)                (8-bit MIXED mantissas of W_c, one exponent E)
+        -> CUBA accumulators (C)        iDecay=4096 (u = this step's input), vDecay=0 (no leak),
+                                        bias_mant = round(b_c / 2**E) (netx: bias << 6),
+                                        vThMant = 2**17 - 1 (never reached: pure integrators)
+
+After ``T`` steps (plus the Dense's one-step delay) the voltage is
+``v = 64 * (W_mant @ sum_t s_t + T * bias_mant)``, so ``logits = v * 2**E / (64 * T)`` with the
+classifier quantized to 8 bits: reading ``v`` once per sentence replaces the host-side
+classifier. ``head_chain(..., vth_mant=small)`` gives the same chain with a reachable threshold
+(reset-to-zero "evidence" spikes), used to compare spike trains between netx and our builder.
+The netx format is lava-semantics.md section 6; netx is fixed_pt only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hw_export.schema import ACT_SHIFT, BIAS_MANT_MAX, BIAS_MANT_MIN, UV_MAX, VTH_MANT_MAX, ModelFile
+
+
+def _ceil_log2(x: float) -> int:
+    f, e = math.frexp(x)
+    return e - 1 if f == 0.5 else e
+
+
+@dataclass
+class HeadChain:
+    weight: np.ndarray  # int32 (C, H) even mantissas in [-256, 254]
+    bias_mant: np.ndarray  # int32 (C,), in a_in units (netx applies bias_exp = 6)
+    exponent: int  # one mantissa LSB = 2**exponent logit units
+    vth_mant: int
+    t_conv: int  # the T the headroom was checked for
+    source: str = "layer?.output"
+    token: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)  # type: ignore[return-value]
+
+    def expected_voltage(self, spikes: np.ndarray) -> np.ndarray:
+        """Final v of the (non-firing) accumulators for input spikes (T, H): exact integers."""
+        s = np.asarray(spikes, dtype=np.int64)
+        return (self.weight.astype(np.int64) @ s.sum(0) + s.shape[0] * self.bias_mant.astype(np.int64)) << ACT_SHIFT
+
+    def logits(self, voltage: np.ndarray, t_conv: int) -> np.ndarray:
+        return np.asarray(voltage, dtype=np.float64) * 2.0 ** self.exponent / (64.0 * t_conv)
+
+
+def head_chain(mf: ModelFile | None = None, *, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+               t_conv: int | None = None, vth_mant: int = VTH_MANT_MAX) -> HeadChain:
+    """Quantize the classifier for the netx chain (from a model file or explicit weight/bias).
+
+    The exponent is the smallest that fits the weights in the MIXED range and the biases in 13 bits
+    and, with the default (unreachable) threshold, keeps the worst-case accumulated voltage over
+    ``t_conv`` steps below the threshold (no spike, no saturation).
+    """
+    if mf is not None:
+        weight, bias = mf.classifier_weight, mf.classifier_bias
+        t_conv = t_conv or int(mf.config["t_conv"])
+        source = f"layer{int(mf.config['num_hidden_layers']) - 1}.output"
+    else:
+        source = "input"
+    if weight is None or bias is None or not t_conv:
+        raise ValueError("head_chain needs a model file or weight, bias and t_conv")
+    w = np.asarray(weight, dtype=np.float64)
+    b = np.asarray(bias, dtype=np.float64)
+    wmax, wmin = float(w.max(initial=0.0)), float(w.min(initial=0.0))
+    cands = [_ceil_log2(wmax / 254)] if wmax > 0 else []
+    cands += [_ceil_log2(-wmin / 256)] if wmin < 0 else []
+    e = max(cands) if cands else 0
+    limit = min(int(vth_mant) << ACT_SHIFT, UV_MAX) if vth_mant == VTH_MANT_MAX else UV_MAX
+    for _ in range(64):
+        m = (2 * np.round(w / 2.0 ** (e + 1))).clip(-256, 254).astype(np.int32)
+        bm = np.round(b / 2.0 ** e).astype(np.int64)
+        worst = (np.maximum(np.where(m > 0, m, 0).sum(1), -np.where(m < 0, m, 0).sum(1)) + np.abs(bm))
+        fits_bias = bm.min(initial=0) >= BIAS_MANT_MIN and bm.max(initial=0) <= BIAS_MANT_MAX
+        if fits_bias and int(worst.max(initial=0)) * int(t_conv) * 64 < limit:
+            return HeadChain(weight=m, bias_mant=bm.astype(np.int32), exponent=int(e), vth_mant=int(vth_mant),
+                             t_conv=int(t_conv), source=source)
+        e += 1
+    raise ValueError("classifier cannot be fitted into the head chain's integer range")
+
+
+def write_netx_head(path: str | os.PathLike, chain: HeadChain) -> Path:
+    """Write the chain as a lava-dl netx HDF5 network (input layer + one dense CUBA layer)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    c, h = chain.shape
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["description"] = ("lava-spikingbert classifier head: [CLS] spikes of the last output population "
+                                      "-> Dense -> non-leaky CUBA accumulators; logits = v * 2**exponent / (64 T)")
+            f.attrs["exponent"] = int(chain.exponent)
+            f.attrs["t_conv"] = int(chain.t_conv)
+            f.attrs["source_population"] = chain.source
+            f.attrs["source_token"] = int(chain.token)
+            layer = f.create_group("layer")
+            l0 = layer.create_group("0")
+            l0.create_dataset("type", data=np.array([b"input"], dtype="S10"))
+            l0.create_dataset("shape", data=np.array([h], dtype=np.int64))
+            l1 = layer.create_group("1")
+            l1.create_dataset("type", data=np.array([b"dense"], dtype="S10"))
+            l1.create_dataset("shape", data=np.array([c], dtype=np.int64))
+            l1.create_dataset("inFeatures", data=np.int64(h))
+            l1.create_dataset("outFeatures", data=np.int64(c))
+            l1.create_dataset("weight", data=chain.weight.astype(np.float32))
+            l1.create_dataset("bias", data=chain.bias_mant.astype(np.float32))
+            n = l1.create_group("neuron")
+            n.create_dataset("type", data=np.array([b"CUBA"], dtype="S10"))
+            n.create_dataset("iDecay", data=np.int64(4096))
+            n.create_dataset("vDecay", data=np.int64(0))
+            n.create_dataset("vThMant", data=np.int64(chain.vth_mant))
+            n.create_dataset("refDelay", data=np.int64(1))
+            n.create_dataset("gradedSpike", data=np.bool_(False))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------ Lava runs
+def _lava_import_guard() -> None:
+    """lava-nc calls ``multiprocessing.set_start_method('fork')`` unconditionally at import, which
+    raises if anything (torch, a DataLoader, ``get_start_method()``) already fixed the default
+    context. If that context is 'fork' anyway, unset it so the import succeeds unchanged."""
+    import multiprocessing as mp
+    import sys
+
+    if "lava.magma.runtime.message_infrastructure.multiprocessing" in sys.modules:
+        return
+    ctx = mp.context._default_context
+    current = ctx._actual_context
+    if current is None:
+        return
+    if current._name != "fork":
+        raise RuntimeError(f"Lava needs the 'fork' multiprocessing start method; it is already {current._name!r}")
+    ctx._actual_context = None
+
+
+def _run(source_proc, neuron, spikes: np.ndarray, extra_steps: int = 1):
+    """Drive ``source_proc`` -> ... -> ``neuron`` with ``spikes`` (T, H); returns (v trace, s trace)."""
+    _lava_import_guard()
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.monitor.process import Monitor
+
+    spikes = np.asarray(spikes)
+    steps = spikes.shape[0] + extra_steps
+    data = np.zeros((spikes.shape[1], steps), dtype=np.int32)
+    data[:, : spikes.shape[0]] = spikes.T
+    src = Source(data=data)
+    src.s_out.connect(source_proc)
+    sink = Sink(shape=neuron.s_out.shape, buffer=steps)
+    neuron.s_out.connect(sink.a_in)
+    mon = Monitor()
+    mon.probe(neuron.v, steps)
+    try:
+        src.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        v = mon.get_data()[neuron.name]["v"]
+        s = sink.data.get().T
+    finally:
+        src.stop()
+    return np.asarray(v, dtype=np.int64), np.asarray(s, dtype=np.int64)
+
+
+def run_chain_lava(chain: HeadChain, spikes: np.ndarray):
+    """Our builder: ``Dense(weight)`` + ``LIF(du=4095, dv=0, vth, bias_mant, bias_exp=6)``, fixed_pt.
+
+    Returns the per-step voltage and spikes, (T+1, C) each (the Dense delivers one step later)."""
+    _lava_import_guard()
+    from lava.proc.dense.process import Dense
+    from lava.proc.lif.process import LIF
+
+    c, h = chain.shape
+    dense = Dense(weights=chain.weight.astype(np.int32))
+    lif = LIF(shape=(c,), du=4095, dv=0, vth=chain.vth_mant, bias_mant=chain.bias_mant.astype(np.int32),
+              bias_exp=6)
+    dense.a_out.connect(lif.a_in)
+    return _run(dense.s_in, lif, spikes)
+
+
+def run_chain_netx(path: str | os.PathLike, spikes: np.ndarray):
+    """The netx loader: ``lava.lib.dl.netx.hdf5.Network(path)`` (fixed_pt), same outputs as above."""
+    _lava_import_guard()
+    from lava.lib.dl.netx import hdf5
+
+    net = hdf5.Network(net_config=str(path))
+    return _run(net.inp, net.layers[-1].neuron, spikes)
+
+
+def run_dense_lif_lava(weight: np.ndarray, weight_exp: int, bias_mant: np.ndarray, bias_exp: int, vth_mant: int,
+                       spikes: np.ndarray, *, kind: str = "lif_reset_zero"):
+    """One stock Lava Dense + LIF population (fixed_pt) driven by ``spikes`` (T, H): the reference
+    check of the fixed-point spec for neuron-bound synapses. Only ``lif_reset_zero`` has a stock model."""
+    _lava_import_guard()
+    from lava.proc.dense.process import Dense
+    from lava.proc.lif.process import LIF
+
+    if kind != "lif_reset_zero":
+        raise ValueError("stock Lava LIF implements lif_reset_zero only (subtractive reset needs a custom model)")
+    n = weight.shape[0]
+    dense = Dense(weights=np.asarray(weight, dtype=np.int32), weight_exp=int(weight_exp))
+    lif = LIF(shape=(n,), du=4095, dv=0, vth=int(vth_mant), bias_mant=np.asarray(bias_mant, dtype=np.int32),
+              bias_exp=np.full((n,), int(bias_exp), dtype=np.int32))
+    dense.a_out.connect(lif.a_in)
+    return _run(dense.s_in, lif, spikes)
