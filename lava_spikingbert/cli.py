@@ -172,6 +172,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_lava(args) -> int:
+    from lava_spikingbert.lava.evaluate import cmd_lava as run
+
+    return run(args)
+
+
 def _load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
@@ -287,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-point-sentences", type=int, default=8)
     p.add_argument("--no-measure", action="store_true", help="static check only (no simulation)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("lava", help="run a model file (.h5) on the Lava simulator: task metric, parity, speed")
+    p.add_argument("--model", required=True, help="model file (.h5) written by 'spikingbert export'")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--tag", default="fixed_pt", choices=("floating_pt", "fixed_pt"))
+    p.add_argument("--t-conv", type=int, default=None)
+    p.add_argument("--glue-dir", default=None)
+    p.add_argument("--backend", default="sim", choices=("sim", "loihi2"))
+    p.add_argument("--batch-size", type=int, default=16, help="sentences per Lava run")
+    p.add_argument("--no-parity", action="store_true", help="skip the torch reference")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_lava)
     return parser
 
 

@@ -92,6 +92,7 @@ class LavaNetwork:
     layouts: dict[str, CountLayout]
     count_vars: dict[str, ty.Any] = field(repr=False)
     record_index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    tag: str = "floating_pt"
 
     @property
     def max_depth(self) -> int:
@@ -134,7 +135,9 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
     from lava_spikingbert.lava.procs.spike_counter import SpikeCounter
 
     params.validate()
-    emb = np.asarray(emb_current, dtype=np.float32)
+    fixed = params.extra.get("fixed")  # fixed_pt graph (lava_spikingbert.lava.fixed.fixed_params)
+    # fixed_pt: emb_current is the integer embed input Q(E) (float64 integers, fixed.embedding_grid)
+    emb = np.asarray(emb_current, dtype=np.float64 if fixed else np.float32)
     if emb.ndim != 3 or emb.shape[2] != params.hidden_size:
         raise ValueError(f"emb_current must be (n_samples, L, {params.hidden_size}), got {emb.shape}")
     if not np.all(np.isfinite(emb)):
@@ -156,6 +159,8 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
         raise ValueError(f"block_latency must be 0 or 1, got {block_latency!r}")
     if neuron_impl not in NEURON_IMPLS:
         raise ValueError(f"neuron_impl must be one of {NEURON_IMPLS}, got {neuron_impl!r}")
+    if fixed and neuron_impl != "ifneuron":
+        raise ValueError("the fixed_pt graph uses neuron_impl='ifneuron' (stock LIF cannot take block currents exactly)")
     if neuron_impl == "lava_lif" and params.neuron != "lif_reset_zero":
         raise ValueError(f"neuron_impl='lava_lif' needs neuron 'lif_reset_zero' (Lava's LIF resets to zero), "
                          f"the model uses {params.neuron!r}")
@@ -169,7 +174,8 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
     embed_index = indices.get("embed")
     embed_tokens = tuple(range(embed_index.shape[1])) if embed_index is not None else rec["embed"]
     if neuron_impl == "ifneuron":
-        embed = IFNeuron(shape=(n_tokens, h), vth=params.vth, kind=params.neuron, reset_interval=T,
+        embed = IFNeuron(shape=(n_tokens, h), vth=fixed["vth_mant"] if fixed else params.vth, kind=params.neuron,
+                         reset_interval=T,
                          reset_offset=depths["embed"], n_samples=n_samples, record_tokens=embed_tokens,
                          record_index=embed_index, name="embed")
         count_vars = {"embed": embed.counts}
@@ -193,7 +199,10 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
             layer=lp, n_tokens=n_tokens, num_heads=params.num_attention_heads, vth=params.vth, kind=params.neuron,
             interval=T, n_samples=n_samples, in_depth=plan.in_depth, mask_bias=mask_bias,
             layer_norm_eps=params.layer_norm_eps, record={p: rec[f"layer{i}.{p}"] for p in LAYER_POPULATIONS},
-            block_latency=block_latency, neuron_impl=neuron_impl, name=f"layer{i}")
+            block_latency=block_latency, neuron_impl=neuron_impl, name=f"layer{i}",
+            fixed=None if not fixed else {
+                "lam": fixed["lam"], "vth_mant": fixed["vth_mant"], "score_scale": fixed["score_scale"][i],
+                "synapses": {k.split(".", 1)[1]: v for k, v in fixed["synapses"].items() if k.startswith(f"layer{i}.")}})
         x.connect(layer.s_in)
         x = layer.s_out
         layers.append(layer)
@@ -203,4 +212,5 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
     assert layouts.keys() == depths.keys()
     return LavaNetwork(params=params, n_samples=n_samples, n_tokens=n_tokens, t_steps=T,
                        block_latency=block_latency, neuron_impl=neuron_impl, source=source, embed=embed,
-                       layers=layers, depths=depths, layouts=layouts, count_vars=count_vars, record_index=indices)
+                       layers=layers, depths=depths, layouts=layouts, count_vars=count_vars, record_index=indices,
+                       tag="fixed_pt" if fixed else "floating_pt")

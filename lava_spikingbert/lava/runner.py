@@ -148,9 +148,17 @@ def model_map(tag: str = "floating_pt") -> dict:
             embedding_source.EmbeddingSource: embedding_source.PyEmbeddingSourceModelFloat,
             LIFReset: PyLifResetModelFloat,
         })
-    if tag == "fixed_pt":  # only the neuron exists in fixed point so far
-        return _ModelMap({**common, ifneuron.IFNeuron: ifneuron.PyIFNeuronModelFixed,
-                          LIFReset: PyLifResetModelBitAcc})
+    if tag == "fixed_pt":
+        return _ModelMap({
+            **common,
+            ifneuron.IFNeuron: ifneuron.PyIFNeuronModelFixed,
+            token_linear.TokenLinear: token_linear.PyTokenLinearModelFixed,
+            spiking_attention.SpikingAttention: spiking_attention.PySpikingAttentionModelFixed,
+            current_blocks.ResidualLayerNorm: current_blocks.PyResidualLayerNormModelFixed,
+            current_blocks.GELU: current_blocks.PyGELUModelFixed,
+            embedding_source.EmbeddingSource: embedding_source.PyEmbeddingSourceModelFixed,
+            LIFReset: PyLifResetModelBitAcc,
+        })
     raise ValueError(f"unknown tag {tag!r}")
 
 
@@ -162,6 +170,25 @@ def sim_run_config(tag: str = "floating_pt"):
 
 class LavaRunError(RuntimeError):
     """A Lava model process failed (its traceback is in the message) or the run timed out."""
+
+
+def loihi2_run_config(tag: str = "fixed_pt"):
+    """``Loihi2HwCfg`` for a Loihi-2 system (needs lava-loihi; see docs/loihi2.md).
+
+    Stock processes (``LIF``/``LIFReset``, ``Dense``, ``Sparse``) are left to the config's own
+    selection, which prefers their neurocore models; every process of this package is mapped
+    explicitly to its CPU (host) fixed_pt model through ``exception_proc_model_map``. Raises a
+    one-line ``RuntimeError`` without lava-loihi (``Loihi2HwCfg`` cannot even select models then).
+    NOT validated on hardware (HW_VALIDATED=false).
+    """
+    from lava.utils import loihi
+
+    if not loihi.is_installed():
+        raise RuntimeError("Loihi 2 backend needs lava-loihi (lava.utils.loihi.is_installed() is False)")
+    from lava.magma.core.run_configs import Loihi2HwCfg  # pragma: no cover - needs lava-loihi
+
+    host = _ModelMap({k: v for k, v in model_map(tag).items() if k.__module__.startswith("lava_spikingbert.")})
+    return Loihi2HwCfg(select_sub_proc_model=True, exception_proc_model_map=host)  # pragma: no cover
 
 
 def _actors(runtime) -> list:
@@ -281,7 +308,7 @@ def run_network(net: LavaNetwork, *, timeout: float | None = None, stop_timeout:
     """
     from lava.magma.core.run_conditions import RunSteps
 
-    cfg = sim_run_config("floating_pt")
+    cfg = sim_run_config(getattr(net, "tag", "floating_pt"))
     guard = ChildGuard()
     root = net.root
     timings: dict[str, float] = {}

@@ -58,11 +58,11 @@ class ResidualLayerNorm(AbstractProcess):
     """a_in (L, W) current + r_in (L, W) residual spikes (delayed by ``residual_delay``) -> LN -> a_out."""
 
     def __init__(self, *, shape: tuple[int, int], gamma: np.ndarray, beta: np.ndarray, eps: float,
-                 residual_delay: int = 0, latency: int = 0, name: str | None = None,
+                 residual_delay: int = 0, latency: int = 0, lam: float = 1.0, name: str | None = None,
                  log_config: LogConfig | None = None) -> None:
         shape = tuple(int(s) for s in shape)
         super().__init__(shape=shape, eps=float(eps), residual_delay=int(residual_delay),
-                         latency=_check_latency(latency), name=name, log_config=log_config)
+                         latency=_check_latency(latency), lam=float(lam), name=name, log_config=log_config)
         self.a_in = InPort(shape=shape)
         self.r_in = InPort(shape=shape)
         self.a_out = OutPort(shape=shape)
@@ -96,10 +96,11 @@ class PyResidualLayerNormModelFloat(CurrentBlockModel):
 class GELU(AbstractProcess):
     """a_in (L, W) -> gelu(a_in) (exact erf form, as torch's default)."""
 
-    def __init__(self, *, shape: tuple[int, int], latency: int = 0, name: str | None = None,
+    def __init__(self, *, shape: tuple[int, int], latency: int = 0, lam: float = 1.0, name: str | None = None,
                  log_config: LogConfig | None = None) -> None:
         shape = tuple(int(s) for s in shape)
-        super().__init__(shape=shape, latency=_check_latency(latency), name=name, log_config=log_config)
+        super().__init__(shape=shape, latency=_check_latency(latency), lam=float(lam), name=name,
+                         log_config=log_config)
         self.a_in = InPort(shape=shape)
         self.a_out = OutPort(shape=shape)
         self.a_buff = Var(shape=shape, init=0)
@@ -115,3 +116,47 @@ class PyGELUModelFloat(CurrentBlockModel):
 
     def compute(self, t: int) -> np.ndarray:
         return kernels.gelu(np.asarray(self.a_in.recv(), dtype=np.float32))
+
+
+# ------------------------------------------------------------------ fixed_pt (docs/fixed_point.md §2.6-2.8)
+@implements(proc=ResidualLayerNorm, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyResidualLayerNormModelFixed(CurrentBlockModel):
+    """``Q(LN(z + r))`` in float64; ``z`` the exact block input from the fixed TokenLinear."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    r_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+    gamma: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    beta: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.eps = proc_params["eps"]
+        self.lam = proc_params["lam"]
+        self.residual = kernels.DelayLine(proc_params["shape"], proc_params["residual_delay"])
+
+    def compute(self, t: int) -> np.ndarray:
+        from lava_spikingbert.lava.fixed import layer_norm64, to_grid
+
+        a = np.asarray(self.a_in.recv(), dtype=np.float64)
+        r = np.asarray(self.residual.push(np.asarray(self.r_in.recv(), dtype=np.float64)), dtype=np.float64)
+        return to_grid(layer_norm64(a + r, self.gamma, self.beta, self.eps), self.lam)
+
+
+@implements(proc=GELU, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyGELUModelFixed(CurrentBlockModel):
+    """``Q(GELU(z))`` in float64."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
+
+    def compute(self, t: int) -> np.ndarray:
+        from lava_spikingbert.lava.fixed import gelu64, to_grid
+
+        return to_grid(gelu64(np.asarray(self.a_in.recv(), dtype=np.float64)), self.proc_params["lam"])

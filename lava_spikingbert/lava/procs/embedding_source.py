@@ -54,3 +54,22 @@ class PyEmbeddingSourceModelFloat(PyLoihiProcessModel):
             self.a_out.send(self.data[k])
         else:
             self.a_out.send(np.zeros(self.data.shape[1:], dtype=np.float32))
+
+
+@implements(proc=EmbeddingSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyEmbeddingSourceModelFixed(PyEmbeddingSourceModelFloat):
+    """Streams the integer embed input ``Q(E)`` (float64 integers, computed on the host from the
+    model file's tables, ``lava_spikingbert.lava.fixed.embedding_grid``)."""
+
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+    data: np.ndarray = LavaPyType(np.ndarray, np.float64)
+
+    def run_spk(self) -> None:
+        t = self.time_step - 1 - self.offset
+        k = t // self.interval if t >= 0 else -1
+        if 0 <= k < self.data.shape[0]:
+            self.a_out.send(self.data[k])
+        else:
+            self.a_out.send(np.zeros(self.data.shape[1:], dtype=np.float64))

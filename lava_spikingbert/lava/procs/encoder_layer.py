@@ -50,8 +50,10 @@ class SpikingEncoderLayer(AbstractProcess):
     def __init__(self, *, layer: ty.Any, n_tokens: int, num_heads: int, vth: float, kind: str,
                  interval: int, n_samples: int, in_depth: int, mask_bias: np.ndarray, layer_norm_eps: float,
                  record: ty.Mapping[str, ty.Sequence[int]] | None = None, block_latency: int = 0,
-                 neuron_impl: str = "ifneuron", name: str | None = None,
-                 log_config: LogConfig | None = None) -> None:
+                 neuron_impl: str = "ifneuron", fixed: ty.Mapping[str, ty.Any] | None = None,
+                 name: str | None = None, log_config: LogConfig | None = None) -> None:
+        # fixed: fixed_pt graph info of this layer (lava_spikingbert.lava.fixed): lam, vth_mant, score_scale,
+        # and per linear name weight_exp / target_kind (/ bias_mant, bias_exp for neuron targets)
         if neuron_impl not in NEURON_IMPLS:
             raise ValueError(f"neuron_impl must be one of {NEURON_IMPLS}, got {neuron_impl!r}")
         if neuron_impl == "lava_lif" and kind != "lif_reset_zero":
@@ -72,7 +74,7 @@ class SpikingEncoderLayer(AbstractProcess):
         super().__init__(layer=layer, n_tokens=int(n_tokens), num_heads=int(num_heads), vth=float(vth), kind=kind,
                          interval=int(interval), n_samples=int(n_samples), plan=plan, mask_bias=mask_bias,
                          layer_norm_eps=float(layer_norm_eps), layouts=layouts, record_index=indices, widths=widths,
-                         block_latency=int(block_latency), neuron_impl=neuron_impl, name=name,
+                         block_latency=int(block_latency), neuron_impl=neuron_impl, fixed=fixed, name=name,
                          log_config=log_config)
         self.s_in = InPort(shape=(int(n_tokens), h))
         self.s_out = OutPort(shape=(int(n_tokens), h))
@@ -95,12 +97,21 @@ class SubSpikingEncoderLayerModel(AbstractSubProcessModel):
         layer, plan, lat = p["layer"], p["plan"], p["block_latency"]
         n, h, T = p["n_tokens"], p["widths"]["key"], p["interval"]
         prefix = proc.name
+        fx = p.get("fixed")
+        lam = fx["lam"] if fx else 1.0
 
         def population(name: str):
             shape, depth, layout = (n, p["widths"][name]), getattr(plan, name), p["layouts"][name]
             index = p["record_index"].get(name)
             if p["neuron_impl"] == "ifneuron":
-                neuron = IFNeuron(shape=shape, vth=p["vth"], kind=p["kind"], reset_interval=T, reset_offset=depth,
+                nb = {}
+                if fx:
+                    nb = {"vth": fx["vth_mant"]}
+                    syn = fx["synapses"].get(name)
+                    if syn is not None and syn["target_kind"] == "neuron":
+                        nb.update(bias_mant=syn["bias_mant"][None, :], bias_exp=syn["bias_exp"])
+                neuron = IFNeuron(shape=shape, **{"vth": p["vth"], **nb}, kind=p["kind"], reset_interval=T,
+                                  reset_offset=depth,
                                   n_samples=p["n_samples"], record_tokens=layout.tokens, record_index=index,
                                   name=f"{prefix}.{name}")
                 counter = neuron
@@ -116,27 +127,36 @@ class SubSpikingEncoderLayerModel(AbstractSubProcessModel):
             setattr(self, name, neuron)
             return neuron
 
-        def linear(lin) -> TokenLinear:
-            return TokenLinear(weight=lin.weight, bias=lin.bias, n_tokens=n)
+        def linear(lin, name: str) -> TokenLinear:
+            if not fx:
+                return TokenLinear(weight=lin.weight, bias=lin.bias, n_tokens=n)
+            syn = fx["synapses"][name]
+            to_block = syn["target_kind"] == "block"
+            return TokenLinear(weight=lin.weight, bias=lin.bias if to_block else None, n_tokens=n,
+                               weight_exp=syn["weight_exp"], lam=lam, target="block" if to_block else "neuron")
 
-        self.key_synapses, self.value_synapses = linear(layer.key), linear(layer.value)
+        self.key_synapses, self.value_synapses = linear(layer.key, "key"), linear(layer.value, "value")
+        fxq = {} if not fx else {"q_exp": fx["synapses"]["query"]["weight_exp"], "lam": lam,
+                                 "score_scale": fx["score_scale"]}
         key, value = population("key"), population("value")
         self.attention = SpikingAttention(n_tokens=n, num_heads=p["num_heads"], q_weight=layer.query.weight,
                                           q_bias=layer.query.bias, mask_bias=p["mask_bias"], interval=T,
-                                          offset=plan.attention_offset, query_delay=plan.query_delay, latency=lat)
+                                          offset=plan.attention_offset, query_delay=plan.query_delay, latency=lat,
+                                          **fxq)
         context = population("context")
-        self.attn_out_synapses = linear(layer.attn_out)
+        self.attn_out_synapses = linear(layer.attn_out, "attn_out")
         self.attn_norm = ResidualLayerNorm(shape=(n, h), gamma=layer.attn_norm.gamma, beta=layer.attn_norm.beta,
                                            eps=p["layer_norm_eps"], residual_delay=plan.attn_residual_delay,
-                                           latency=lat)
+                                           latency=lat, lam=lam)
         attn_out = population("attn_out")
-        self.intermediate_synapses = linear(layer.intermediate)
-        self.gelu = GELU(shape=(n, p["widths"]["intermediate"]), latency=lat)
+        self.intermediate_synapses = linear(layer.intermediate, "intermediate")
+        self.gelu = GELU(shape=(n, p["widths"]["intermediate"]), latency=lat, lam=lam)
         intermediate = population("intermediate")
-        self.output_synapses = linear(layer.output)
+        self.output_synapses = linear(layer.output, "output")
         self.output_norm = ResidualLayerNorm(shape=(n, h), gamma=layer.output_norm.gamma,
                                              beta=layer.output_norm.beta, eps=p["layer_norm_eps"],
-                                             residual_delay=plan.output_residual_delay, latency=lat)
+                                             residual_delay=plan.output_residual_delay, latency=lat,
+                                             lam=lam)
         output = population("output")
 
         proc.in_ports.s_in.connect([self.key_synapses.s_in, self.value_synapses.s_in, self.attention.x_in,

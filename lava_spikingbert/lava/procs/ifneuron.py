@@ -19,7 +19,8 @@ samples' counts with one ``counts.get()`` after the run.
 Float model: float32 state, ``v + (a + bias)`` in the torch model's order (the builder puts the
 synaptic biases into the TokenLinear, so ``bias`` is 0 and ``v + a`` is bit-equal to torch).
 Fixed model: Lava-LIF conventions (``a << 6``, ``bias = bias_mant << bias_exp`` without ``<< 6``,
-``vth << 6``, 24-bit ``v`` saturating); the fixed-point graph that uses it comes later.
+``vth << 6``, Lava's 24-bit ``u`` wrap, 24-bit ``v`` saturating), used by the fixed_pt graph
+(docs/fixed_point.md §2.9; ``lava_spikingbert.lava.fixed``).
 """
 
 from __future__ import annotations
@@ -137,12 +138,12 @@ class PyIFNeuronModelFloat(PyLoihiProcessModel):
 @requires(CPU)
 @tag("fixed_pt", "bit_accurate_loihi")
 class PyIFNeuronModelFixed(PyLoihiProcessModel):
-    """Integer IF neuron in Lava-LIF units (``du=4095, dv=0`` LIF with the chosen reset); the
-    fixed-point graph and its tests come with the fixed_pt step."""
+    """Integer IF neuron in Lava-LIF units (``du=4095, dv=0`` LIF with the chosen reset); ports carry
+    exact integers as float64 (the fixed_pt TokenLinear/blocks compute in float64)."""
 
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=16)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
-    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)  # integer a_in (exact in float64)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)  # 0/1
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
     vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=17)
     bias_mant: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
     bias_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=3)
@@ -162,7 +163,11 @@ class PyIFNeuronModelFixed(PyLoihiProcessModel):
         if t >= self.offset and (t - self.offset) % self.interval == 0:
             self.v[:] = 0
         bias = self.bias_mant.astype(np.int64) << self.bias_exp.astype(np.int64)
-        v = np.clip(self.v.astype(np.int64) + (a << 6) + bias, -V_MAX_FIXED, V_MAX_FIXED)
+        x = a << 6
+        m = 2 ** 23  # Lava LIF's 24-bit u wrap (docs/fixed_point.md §2.9)
+        w = np.where(x > m, x - 2 * m, x)
+        u = np.where(w <= -m, x + 2 * m, w)
+        v = np.clip(self.v.astype(np.int64) + u + bias, -V_MAX_FIXED, V_MAX_FIXED)
         vth = int(self.vth[0]) << 6
         if self.subtract:
             s = v >= vth
@@ -171,6 +176,6 @@ class PyIFNeuronModelFixed(PyLoihiProcessModel):
             s = v > vth
             v[s] = 0
         self.v[:] = v
-        spikes = s.astype(np.int32)
+        spikes = s.astype(np.float64)
         self.counter.update(t, spikes, self.counts)
         self.s_out.send(spikes)

@@ -34,7 +34,9 @@ class SpikingAttention(AbstractProcess):
 
     def __init__(self, *, n_tokens: int, num_heads: int, q_weight: np.ndarray, q_bias: np.ndarray,
                  mask_bias: np.ndarray, interval: int, offset: int = 0, query_delay: int = 0,
-                 latency: int = 0, name: str | None = None, log_config: LogConfig | None = None) -> None:
+                 latency: int = 0, q_exp: int = 0, lam: float = 1.0, score_scale: float | None = None,
+                 name: str | None = None, log_config: LogConfig | None = None) -> None:
+        # q_exp / lam / score_scale: fixed_pt model only (q_weight then holds the integer mantissas)
         q_weight = np.asarray(q_weight)
         h = q_weight.shape[0]
         if q_weight.shape != (h, h) or h % num_heads:
@@ -45,7 +47,8 @@ class SpikingAttention(AbstractProcess):
                              f"got {mask_bias.shape}")
         shape = (int(n_tokens), h)
         super().__init__(shape=shape, num_heads=int(num_heads), interval=int(interval), offset=int(offset),
-                         query_delay=int(query_delay), latency=_check_latency(latency), name=name,
+                         query_delay=int(query_delay), latency=_check_latency(latency), q_exp=int(q_exp),
+                         lam=float(lam), score_scale=score_scale, name=name,
                          log_config=log_config)
         self.x_in = InPort(shape=shape)
         self.k_in = InPort(shape=shape)
@@ -83,3 +86,49 @@ class PySpikingAttentionModelFloat(CurrentBlockModel):
         v = np.asarray(self.v_in.recv(), dtype=np.float32)
         sample = min(max((t - self.offset) // self.interval, 0), self.mask_bias.shape[0] - 1)
         return kernels.attention_context(x, self.q_weight, self.q_bias, k, v, self.num_heads, self.mask_bias[sample])
+
+
+@implements(proc=SpikingAttention, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySpikingAttentionModelFixed(CurrentBlockModel):
+    """float64 attention on the exact query accumulator; output ``Q(context)`` (docs/fixed_point.md §2.5)."""
+
+    x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    k_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    v_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+    q_weight: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    q_bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    mask_bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.num_heads = proc_params["num_heads"]
+        self.interval = proc_params["interval"]
+        self.offset = proc_params["offset"]
+        self.lam = proc_params["lam"]
+        self.q_scale = 2.0 ** proc_params["q_exp"] * self.lam
+        n, h = proc_params["shape"]
+        d = h // self.num_heads
+        s = proc_params["score_scale"]
+        self.score_scale = 1.0 / np.sqrt(d) if s is None else float(s)
+        self.query = kernels.DelayLine(proc_params["shape"], proc_params["query_delay"])
+
+    def compute(self, t: int) -> np.ndarray:
+        from lava_spikingbert.lava.fixed import to_grid
+
+        x = np.asarray(self.query.push(np.asarray(self.x_in.recv(), dtype=np.float64)), dtype=np.float64)
+        k = np.asarray(self.k_in.recv(), dtype=np.float64)
+        v = np.asarray(self.v_in.recv(), dtype=np.float64)
+        sample = min(max((t - self.offset) // self.interval, 0), self.mask_bias.shape[0] - 1)
+        n, h = x.shape
+        nh, d = self.num_heads, h // self.num_heads
+        q = (x @ self.q_weight.T) * self.q_scale + self.q_bias
+        qh, kh, vh = (z.reshape(n, nh, d).transpose(1, 0, 2) for z in (q, k, v))
+        scores = qh @ kh.transpose(0, 2, 1) * self.score_scale + self.mask_bias[sample]
+        e = np.exp(scores - scores.max(-1, keepdims=True))
+        probs = e / e.sum(-1, keepdims=True)
+        ctx = (probs @ vh).transpose(1, 0, 2).reshape(n, h)
+        return to_grid(ctx, self.lam)

@@ -34,14 +34,19 @@ class TokenLinear(AbstractProcess):
     """Token-wise linear synapses: s_in (L, in) -> a_out (L, out), one step of latency."""
 
     def __init__(self, *, weight: np.ndarray, bias: np.ndarray | None = None, n_tokens: int,
+                 weight_exp: int = 0, lam: float = 1.0, target: str = "neuron",
                  name: str | None = None, log_config: LogConfig | None = None) -> None:
+        # weight_exp / lam / target are used by the fixed_pt model only (docs/fixed_point.md §2.3-2.4)
+        if target not in ("neuron", "block"):
+            raise ValueError(f"TokenLinear target must be 'neuron' or 'block', got {target!r}")
         weight = np.asarray(weight)
         if weight.ndim != 2:
             raise ValueError(f"TokenLinear weight must be (out, in), got {weight.shape}")
         n_out, n_in = weight.shape
         if bias is not None and np.shape(bias) != (n_out,):
             raise ValueError(f"TokenLinear bias shape {np.shape(bias)} != ({n_out},)")
-        super().__init__(n_tokens=int(n_tokens), name=name, log_config=log_config)
+        super().__init__(n_tokens=int(n_tokens), weight_exp=int(weight_exp), lam=float(lam), target=target,
+                         name=name, log_config=log_config)
         self.s_in = InPort(shape=(int(n_tokens), n_in))
         self.a_out = OutPort(shape=(int(n_tokens), n_out))
         self.weight = Var(shape=(n_out, n_in), init=weight)
@@ -69,3 +74,36 @@ class PyTokenLinearModelFloat(PyLoihiProcessModel):
         self.a_out.send(self.a_buff)
         x = np.asarray(self.s_in.recv(), dtype=np.float32)
         self.a_buff = kernels.linear(x, self.weight, self.bias)
+
+
+@implements(proc=TokenLinear, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyTokenLinearModelFixed(PyLoihiProcessModel):
+    """Integer mantissa weights, exact accumulator ``acc = s @ W_mant^T`` in float64 (BLAS, exact
+    below 2**53). Into a neuron: ``a = acc << weight_exp`` (floor for a negative exponent, Lava
+    ``Dense``), bias on the neuron; into a host block: ``z = acc * 2**weight_exp * lam + b``."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+    weight: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        kernels.single_threaded_blas()
+        self.exp = proc_params["weight_exp"]
+        self.to_block = proc_params["target"] == "block"
+        self.scale = 2.0 ** self.exp * proc_params["lam"]
+
+    def run_spk(self) -> None:
+        self.a_out.send(self.a_buff)
+        x = np.asarray(self.s_in.recv(), dtype=np.float64)
+        acc = x @ self.weight.T
+        if self.to_block:
+            self.a_buff = acc * self.scale + self.bias
+        elif self.exp >= 0:
+            self.a_buff = acc * float(2 ** self.exp)
+        else:
+            self.a_buff = np.floor(acc / float(2 ** -self.exp))

@@ -1,0 +1,165 @@
+"""Lava fixed_pt graph built from the HDF5 model file vs the integer torch reference
+(``hw_export.fixed_point.FixedPointModel``); torch-free Lava path; ``spikingbert lava`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from hw_export.export import export_model
+from hw_export.fixed_point import FixedPointModel
+from hw_export.quantize import quantize_model
+from hw_export.schema import ModelFileError, read_model_file
+from lava_spikingbert.lava.fixed import embedding_grid, fixed_params
+from lava_spikingbert.lava.runner import run_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+T = 16
+L = 8
+
+
+def batch(n: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 64, (n, L), generator=g)
+    mask = torch.ones_like(ids)
+    for b in range(1, n):
+        ids[b, L - 2 * b:] = 0
+        mask[b, L - 2 * b:] = 0
+    return ids, mask
+
+
+@pytest.fixture(scope="module", params=["int8", "ternary"])
+def model_file(request, tmp_path_factory):
+    prec = request.param
+    path = tmp_path_factory.mktemp("fx") / f"tiny_{prec}.h5"
+    export_model(quantize_model(tiny_model(), prec), prec, path)
+    return read_model_file(path)
+
+
+def lava_fixed(mf, ids, mask, **kw):
+    params = fixed_params(mf)
+    emb = embedding_grid(mf, ids.numpy(), None, params.layer_norm_eps, params.extra["fixed"]["lam"])
+    return run_batch(params, emb, mask.numpy(), t_steps=T, record="all", timeout=120, **kw)
+
+
+@pytest.mark.lava
+def test_fixed_pt_counts_equal_reference(model_file):
+    ids, mask = batch()
+    ref = FixedPointModel(model_file).run(ids, mask, t_conv=T)
+    res = lava_fixed(model_file, ids, mask)
+    assert set(res.counts) == set(ref.counts)
+    total = 0
+    for name, c in ref.counts.items():
+        np.testing.assert_array_equal(res.counts[name], c.numpy(), err_msg=name)
+        total += int(c.sum())
+    assert total > 1000  # the populations are active
+    np.testing.assert_array_equal(res.logits.argmax(-1), ref.logits.numpy().argmax(-1))
+    np.testing.assert_allclose(res.logits, ref.logits.numpy(), atol=1e-5)
+
+
+@pytest.mark.lava
+def test_fixed_pt_lif_reset_zero_counts_equal_reference(tmp_path):
+    path = tmp_path / "lrz.h5"
+    export_model(quantize_model(tiny_model(neuron="lif_reset_zero"), "int8"), "int8", path)
+    mf = read_model_file(path)
+    ids, mask = batch()
+    ref = FixedPointModel(mf).run(ids, mask, t_conv=T)
+    res = lava_fixed(mf, ids, mask)
+    for name, c in ref.counts.items():
+        np.testing.assert_array_equal(res.counts[name], c.numpy(), err_msg=name)
+
+
+@pytest.mark.lava
+def test_fixed_pt_reset_leaks_nothing(model_file):
+    """Sentence k's counts do not depend on the sentences run before it in the same graph."""
+    ids, mask = batch(3, seed=2)
+    together = lava_fixed(model_file, ids, mask)
+    alone = lava_fixed(model_file, ids[2:], mask[2:])
+    for name, c in alone.counts.items():
+        np.testing.assert_array_equal(together.counts[name][2:], c, err_msg=name)
+
+
+def test_lava_path_does_not_import_torch():
+    code = ("import sys; import hw_export.schema, lava_spikingbert.lava.fixed, lava_spikingbert.lava.builder, "
+            "lava_spikingbert.lava.runner, lava_spikingbert.lava.evaluate, training.data; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_corrupt_and_wrong_version_files_fail_clearly(tmp_path, model_file):
+    from lava_spikingbert.lava.evaluate import lava_params, load_file
+
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(ModelFileError):
+        lava_params(load_file(bad), "fixed_pt")
+    good = Path(model_file.path)
+    wrong = tmp_path / "wrong.h5"
+    wrong.write_bytes(good.read_bytes())
+    with h5py.File(wrong, "r+") as f:
+        for key in ("schema_version", "format_version", "version"):
+            if key in f.attrs:
+                f.attrs[key] = 999
+    with pytest.raises(ModelFileError):
+        lava_params(load_file(wrong), "fixed_pt")
+    assert issubclass(ModelFileError, ValueError)  # the CLI prints ValueErrors as one line
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    """A tiny int8 model file with the real (local) bert-base-uncased tokenizer stored in it."""
+    from transformers import AutoTokenizer
+
+    from training.teacher import default_teacher_path
+
+    d = tmp_path_factory.mktemp("cli")
+    tok = AutoTokenizer.from_pretrained(default_teacher_path(), local_files_only=True)
+    model = quantize_model(tiny_model(vocab_size=tok.vocab_size, max_length=16, max_position_embeddings=16), "int8")
+    model.save_pretrained(d / "student")
+    tok.save_pretrained(d / "student")
+    export_model(d / "student", "int8", d / "tiny.h5")
+    glue = d / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = ["sentence\tlabel", "a charming and moving film\t1", "dull , flat and tedious\t0",
+            "the cast is brilliant\t1", "boring story\t0"]
+    (glue / "dev.tsv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+@pytest.mark.lava
+@pytest.mark.parametrize("tag", ["fixed_pt", "floating_pt"])
+def test_cli_lava_writes_json(cli_model, tag, tmp_path):
+    js = tmp_path / "out.json"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    r = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "lava", "--model", str(cli_model / "tiny.h5"),
+                        "--task", "sst2", "--split", "dev", "--limit", "4", "--tag", tag, "--t-conv", "8",
+                        "--glue-dir", str(cli_model / "glue"), "--json", str(js)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(js.read_text())
+    for key in ("metrics", "prediction_agreement", "spike_count_match", "sentences_per_s", "n", "tag", "task",
+                "split", "t_conv", "backend", "precision", "wall_s", "per_population_asr_diff"):
+        assert key in out, key
+    assert out["n"] == 4 and out["tag"] == tag and out["backend"] == "lava-sim" and "accuracy" in out["metrics"]
+    if tag == "fixed_pt":
+        assert out["spike_count_match"] == 1.0 and out["prediction_agreement"] == 1.0
+
+
+def test_cli_lava_errors_are_one_line(tmp_path, cli_model):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"garbage")
+    for extra in (["--model", str(bad)], ["--model", str(cli_model / "tiny.h5"), "--backend", "loihi2"]):
+        r = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "lava", *extra, "--task", "sst2",
+                            "--glue-dir", str(cli_model / "glue")], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
