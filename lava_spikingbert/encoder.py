@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from lava_spikingbert.config import SpikingBertConfig
 from lava_spikingbert.equilibrium import attach_implicit_adjoint, straight_through
-from lava_spikingbert.neurons import heaviside, make_neuron, surrogate_spike
+from lava_spikingbert.neurons import IFSubtract, LIFResetZero, heaviside, make_neuron, surrogate_spike
 
 LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
 MASK_NEGATIVE = -10000.0  # additive attention mask; exp() of it is exactly 0 in float32/float64
@@ -187,6 +187,40 @@ class SpikingBertOutput:
 
 
 MODES = ("equilibrium", "simulate", "steady_state", "bptt")
+# default simulation chunk: time steps per population-major chunk are chosen so that the widest
+# per-chunk tensor stays below this size (bounded memory in t_conv; no results depend on it)
+SIM_CHUNK_BYTES = 16 * 2**20
+
+
+def _if_subtract_steps(vth: float, v: torch.Tensor, current: torch.Tensor, owned: bool) -> torch.Tensor:
+    """``IFSubtract.step`` over the leading (time) dim of ``current``, in place on ``v``.
+
+    Bit-identical to the reference step: ``v + I`` rounds the same way, ``v >= vth`` is
+    ``v - vth >= 0`` exactly (IEEE subtraction keeps the sign), and ``v - vth * s`` subtracts
+    either exactly ``vth`` or exactly 0. The spikes overwrite ``current`` when it is ``owned``
+    (a fresh tensor nobody else reads), else go to a new tensor.
+    """
+    out = current if owned else torch.empty(current.shape, dtype=current.dtype, device=current.device)
+    for t in range(current.shape[0]):
+        s = out[t]
+        v.add_(current[t])
+        torch.ge(v, vth, out=s)
+        v.sub_(s, alpha=vth)
+    return out
+
+
+def _lif_reset_zero_steps(vth: float, v: torch.Tensor, current: torch.Tensor, owned: bool) -> torch.Tensor:
+    """``LIFResetZero.step`` in place (``v > vth`` fires, ``v * (1 - s)`` resets to zero)."""
+    out = current if owned else torch.empty(current.shape, dtype=current.dtype, device=current.device)
+    for t in range(current.shape[0]):
+        s = out[t]
+        v.add_(current[t])
+        torch.gt(v, vth, out=s)
+        v.addcmul_(v, s, value=-1.0)
+    return out
+
+
+_IN_PLACE_STEPS = {IFSubtract: _if_subtract_steps, LIFResetZero: _lif_reset_zero_steps}
 
 
 class SpikingBert(nn.Module):
@@ -207,6 +241,9 @@ class SpikingBert(nn.Module):
         self.apply(self._init_weights)
         if self.feedback is not None:  # start near the feed-forward model, inside the contractive regime
             nn.init.normal_(self.feedback.weight, std=0.1 * config.initializer_range)
+        if config.weights != "fp32":  # quantized synapses (latent fp32 weights, straight-through)
+            from lava_spikingbert.quantizers import attach_weight_quantizers
+            attach_weight_quantizers(self, config.weights)
         self.last_adjoint_stats: dict | None = None
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -251,6 +288,15 @@ class SpikingBert(nn.Module):
         return self.embeddings(input_ids, token_type_ids, dropout)
 
     # ------------------------------------------------------------------ spiking simulation
+    def default_chunk_steps(self, emb_current: torch.Tensor, t_conv: int) -> int:
+        """Time steps per chunk: as many as keep the widest per-step tensor of the chunk (the FFN
+        current or the attention scores) within ``SIM_CHUNK_BYTES``; at least 1."""
+        cfg = self.config
+        tokens = emb_current[..., 0].numel()  # batch x length
+        width = max(cfg.intermediate_size, cfg.hidden_size, cfg.num_attention_heads * emb_current.shape[-2])
+        per_step = tokens * width * emb_current.element_size()
+        return max(1, min(int(t_conv), SIM_CHUNK_BYTES // max(1, per_step)))
+
     def simulate(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, t_conv: int | None = None, *,
                  dropout: SharedDropout = NO_DROPOUT, spike_fn=heaviside, record_scores: bool = True,
                  cls_only: bool = False, chunk_steps: int | None = None,
@@ -261,6 +307,9 @@ class SpikingBert(nn.Module):
         Without feedback each population only needs its sources' spike trains, so the work is
         done population by population over chunks of ``chunk_steps`` time steps (big matrix
         products); with feedback the chunk is one step. The result does not depend on the chunk.
+        The default chunk holds at most ``SIM_CHUNK_BYTES`` per population current, so memory
+        does not grow with ``t_conv`` (and large short-lived tensors, which cost page faults on
+        every allocation, are avoided).
         ``cls_only`` computes the last layer only where the [CLS] readout needs it (inference).
         Call under ``torch.no_grad()`` unless ``spike_fn`` is a surrogate (BPTT baseline).
         """
@@ -271,7 +320,8 @@ class SpikingBert(nn.Module):
             chunk = 1
             cls_only = False
         else:
-            chunk = T if chunk_steps is None else max(1, min(int(chunk_steps), T))
+            chunk = self.default_chunk_steps(emb_current, T) if chunk_steps is None else int(chunk_steps)
+            chunk = max(1, min(chunk, T))
         bias = self.mask_bias(attention_mask, emb_current.dtype)
         neuron = self.neuron
         membranes: dict[str, torch.Tensor] = {}
@@ -280,17 +330,22 @@ class SpikingBert(nn.Module):
         score_sums: list[torch.Tensor | None] = [None] * len(self.layers)
         last = len(self.layers) - 1
         prev_out = None  # previous step's last-layer output spikes (feedback only)
+        # binary spikes without autograd: the membrane loop runs in place (no temporaries)
+        in_place = spike_fn is heaviside and not torch.is_grad_enabled()
 
-        def fire(name: str, current: torch.Tensor) -> torch.Tensor:
+        def fire(name: str, current: torch.Tensor, owned: bool = True) -> torch.Tensor:
             v = membranes.get(name)
             if v is None:
                 v = torch.zeros_like(current[0])
-            spikes = []
-            for t in range(current.shape[0]):
-                v, s = neuron.step(v, current[t], spike_fn)
-                spikes.append(s)
+            if in_place and type(neuron) in _IN_PLACE_STEPS:
+                out = _IN_PLACE_STEPS[type(neuron)](neuron.vth, v, current, owned)
+            else:
+                spikes = []
+                for t in range(current.shape[0]):
+                    v, s = neuron.step(v, current[t], spike_fn)
+                    spikes.append(s)
+                out = torch.stack(spikes)
             membranes[name] = v
-            out = torch.stack(spikes)
             counts[name] = out.sum(0) if name not in counts else counts[name] + out.sum(0)
             if record_trains:
                 trains.setdefault(name, []).append(out.detach())
@@ -298,19 +353,26 @@ class SpikingBert(nn.Module):
 
         for t0 in range(0, T, chunk):
             n = min(chunk, T - t0)
-            current = emb_current.expand(n, *emb_current.shape)
+            current = expanded = emb_current.expand(n, *emb_current.shape)
             if self.feedback is not None and prev_out is not None:
                 current = current + self.feedback(prev_out)
-            x = fire("embed", current)
+            x = fire("embed", current, owned=current is not expanded)
             for i, layer in enumerate(self.layers):
                 p = f"layer{i}."
                 qpos = slice(0, 1) if (cls_only and i == last) else None
                 s_k = fire(p + "key", layer.key_current(x))
                 s_v = fire(p + "value", layer.value_current(x))
                 ctx, scores = layer.context_current(x, s_k, s_v, bias, dropout, qpos)
-                if record_scores:
-                    ssum = scores.sum(0)
-                    score_sums[i] = ssum if score_sums[i] is None else score_sums[i] + ssum
+                if record_scores:  # step by step: the same rounding for every chunking
+                    acc = score_sums[i]
+                    for t in range(scores.shape[0]):
+                        if acc is None:
+                            acc = scores[t].clone()
+                        elif in_place:
+                            acc.add_(scores[t])
+                        else:
+                            acc = acc + scores[t]
+                    score_sums[i] = acc
                 x_res = x if qpos is None else x[..., qpos, :]
                 s_a = fire(p + "context", ctx)
                 s_1 = fire(p + "attn_out", layer.attn_out_current(s_a, x_res, dropout))

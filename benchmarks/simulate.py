@@ -1,0 +1,198 @@
+"""Inference throughput of the spiking simulation: reference-style schedule vs ours.
+
+Both compute the same model (the default student, same weights, T = ``--t-conv`` = 16) with the
+SAME synaptic maps of ``lava_spikingbert.encoder`` (``layer.key_current`` ... ``output_current``)
+and the same IF dynamics (u += I; s = u >= vth; u -= vth * s); they differ only in the schedule:
+
+(a) reference-style (``reference_logits``): what the reference code's ``snn_forward`` does at
+    evaluation. Every sentence is padded to ``--pad-to`` = 128 tokens (max_seq_length 128),
+    batches of 32 in file order, step-major (per time step all 25 populations are updated in
+    order, each from this step's spikes of its sources), dense, every population at every token
+    (also the last layer, although only its [CLS] ASR is read), IF update written as in the
+    reference (``u = u + I; s = (u >= vth).float(); u = u - vth * s; a = a + s``; new tensors every
+    step). Left out, to be generous to the reference: its per-step diagnostics (25 ``.item()``
+    means), the ``u * leaky`` multiply (leaky = 1.0) and the per-step attention-score sums.
+(b) ours: batches of 32 sentences sorted by length and padded to the longest of the batch
+    (dynamic padding) + ``SpikingBert.predict_logits`` (population-major chunks of time steps,
+    the last layer computed for [CLS] only, in-place membrane loop).
+
+Timing: ``--reference-limit`` sentences (default 64 = 2 full batches; each reference batch costs
+the same because every sentence is padded to 128 tokens, so a subset measures its throughput
+without bias; ``--reference-limit 0`` = all) and ``--limit`` sentences for ours (default: all 872
+dev sentences). The machine is shared, so the two are interleaved: reference batch k, then the
+k-th share of our batches, ... Both get a warm-up run first. Sentences/s are wall-clock; the
+process CPU seconds of each side are reported too (``speedup_cpu_time``: with 1 thread the
+least contention-sensitive measure; with 2 threads it includes OpenMP spin-waiting). Agreement: argmax predictions of (a)
+and (b) on the reference subset (and how many logits are bit-identical).
+
+``--profile`` additionally prints a torch.profiler table of one of our batches (where the time goes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import _common as C  # noqa: E402
+from lava_spikingbert.neurons import IFSubtract  # noqa: E402
+
+
+@torch.no_grad()
+def reference_logits(model, input_ids, attention_mask, token_type_ids, t_conv: int) -> torch.Tensor:
+    """Reference-style simulation (step-major, dense, all populations at all tokens); logits."""
+    layers = model.layers
+    neuron = model.neuron
+    literal = type(neuron) is IFSubtract  # the reference code's own IF lines
+    vth = neuron.vth
+    emb = model.embedding_current(input_ids, token_type_ids)
+    bias = model.mask_bias(attention_mask, emb.dtype)
+    u: dict[str, torch.Tensor] = {}
+    a: dict[str, torch.Tensor] = {}
+
+    def fire(name: str, current: torch.Tensor) -> torch.Tensor:
+        prev = u.get(name)
+        if prev is None:
+            prev = torch.zeros_like(current)
+        if literal:
+            mem = prev + current
+            spike = (mem >= vth).float()
+            u[name] = mem - vth * spike
+        else:
+            u[name], spike = neuron.step(prev, current)
+        a[name] = spike if name not in a else a[name] + spike
+        return spike
+
+    for _ in range(t_conv):
+        x = fire("embed", emb)
+        for i, layer in enumerate(layers):
+            p = f"layer{i}."
+            s_k = fire(p + "key", layer.key_current(x))
+            s_v = fire(p + "value", layer.value_current(x))
+            ctx, _scores = layer.context_current(x, s_k, s_v, bias)
+            s_a = fire(p + "context", ctx)
+            s_1 = fire(p + "attn_out", layer.attn_out_current(s_a, x))
+            s_2 = fire(p + "intermediate", layer.intermediate_current(s_1))
+            x = fire(p + "output", layer.output_current(s_2, s_1))
+    cls_asr = a[f"layer{len(layers) - 1}.output"][:, 0] / t_conv
+    return model.classifier(cls_asr)
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    parts = max(1, parts)
+    k, r = divmod(len(items), parts)
+    out, start = [], 0
+    for j in range(parts):
+        end = start + k + (1 if j < r else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def profile_batch(model, batch, t_conv: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    ids, mask, tt = batch
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model.predict_logits(ids, mask, tt, t_conv)
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=28, max_shapes_column_width=60)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(parser)
+    parser.add_argument("--limit", type=int, default=None, help="our run: first N dev sentences (default all 872)")
+    parser.add_argument("--reference-limit", type=int, default=64,
+                        help="reference run: first N dev sentences (default 64; 0 = same as ours)")
+    parser.add_argument("--t-conv", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--pad-to", type=int, default=128, help="reference padding length (max_seq_length)")
+    parser.add_argument("--profile", action="store_true", help="print a profile of one of our batches")
+    args = parser.parse_args(argv)
+    C.setup_torch(args.threads)
+
+    model, weights = C.build_model(args)
+    data = C.load_sst2("dev", args.glue_dir, args.limit)
+    ids = C.tokenize([s for s, _ in data], max_length=args.pad_to)
+    n = len(ids)
+    n_ref = n if not args.reference_limit else min(args.reference_limit, n)
+    T, bs = args.t_conv, args.batch_size
+    print(f"weights: {weights}")
+    print(f"{n} SST-2 dev sentences for ours, {n_ref} for the reference; T={T}; batch {bs}; "
+          f"{sum(map(len, ids))} real tokens; threads {torch.get_num_threads()}")
+
+    ours_batches = [(idx, C.pad_batch([ids[i] for i in idx])) for idx in C.bucketed(ids, bs)]
+    ref_batches = [(list(range(s, min(s + bs, n_ref))),
+                    C.pad_batch([ids[i] for i in range(s, min(s + bs, n_ref))], args.pad_to))
+                   for s in range(0, n_ref, bs)]
+
+    # warm-up (MKL/oneDNN kernels, allocator)
+    with torch.no_grad():
+        w_ids, w_mask, w_tt = C.pad_batch(ids[:4], args.pad_to)
+        reference_logits(model, w_ids, w_mask, w_tt, 2)
+        model.predict_logits(*ours_batches[0][1], t_conv=2)
+
+    ours_logits = torch.empty(n, model.config.num_labels)
+    ref_logits = torch.empty(n_ref, model.config.num_labels)
+    t_ours = t_ref = c_ours = c_ref = 0.0
+    load_start = os.getloadavg()[0]
+    groups = split_evenly(ours_batches, len(ref_batches))
+    for (r_idx, r_batch), group in zip(ref_batches, groups):
+        start, cpu = time.perf_counter(), time.process_time()
+        out = reference_logits(model, *r_batch, T)
+        t_ref += time.perf_counter() - start
+        c_ref += time.process_time() - cpu
+        ref_logits[r_idx] = out
+        for idx, batch in group:
+            start, cpu = time.perf_counter(), time.process_time()
+            out = model.predict_logits(*batch, t_conv=T)
+            t_ours += time.perf_counter() - start
+            c_ours += time.process_time() - cpu
+            ours_logits[idx] = out
+        print(f"  reference {r_idx[-1] + 1}/{n_ref} sentences {t_ref:.1f}s | ours "
+              f"{sum(len(i) for g in groups[:groups.index(group) + 1] for i, _ in g)}/{n} {t_ours:.1f}s", flush=True)
+
+    ref_sps, ours_sps = n_ref / t_ref, n / t_ours
+    sub = ours_logits[:n_ref]
+    agreement = float((sub.argmax(-1) == ref_logits.argmax(-1)).float().mean())
+    identical = float((sub == ref_logits).all(-1).float().mean())
+    max_diff = float((sub - ref_logits).abs().max())
+    ref_tokens = n_ref * args.pad_to
+    our_tokens = sum(b[0].numel() for _, b in ours_batches)
+    result = {
+        "n": n, "n_reference": n_ref, "t_conv": T, "batch_size": bs, "pad_to": args.pad_to,
+        "reference_sps": ref_sps, "ours_sps": ours_sps, "speedup": ours_sps / ref_sps,
+        "reference_seconds": t_ref, "ours_seconds": t_ours,
+        "reference_cpu_seconds": c_ref, "ours_cpu_seconds": c_ours,
+        "speedup_cpu_time": (n / c_ours) / (n_ref / c_ref), "load_avg_1min_at_start": load_start,
+        "agreement": agreement, "logits_bit_identical_fraction": identical, "max_abs_logit_diff": max_diff,
+        "tokens_per_sentence": {"reference": ref_tokens / n_ref, "ours_padded": our_tokens / n,
+                                "real": sum(map(len, ids)) / n},
+        "weights": weights, "target_speedup": 10.0, "target_met": ours_sps / ref_sps >= 10.0,
+        **C.run_info(args),
+    }
+    print()
+    print(C.table(["schedule", "sentences", "seconds", "sentences/s", "tokens/sentence"], [
+        ["(a) reference: pad 128, step-major, dense", n_ref, t_ref, ref_sps, ref_tokens / n_ref],
+        ["(b) ours: dynamic padding + predict_logits", n, t_ours, ours_sps, our_tokens / n],
+    ]))
+    print(f"CPU seconds: reference {c_ref:.1f}, ours {c_ours:.1f} -> speedup in CPU time "
+          f"{result['speedup_cpu_time']:.2f}x; load average {load_start:.1f} at start")
+    print(f"speedup {ours_sps / ref_sps:.2f}x (target 10x: {'met' if result['target_met'] else 'NOT met'}); "
+          f"prediction agreement {agreement:.4f} on {n_ref} sentences, logits bit-identical {identical:.4f}, "
+          f"max |logit diff| {max_diff:.3g}")
+    if args.profile:
+        print(profile_batch(model, ours_batches[len(ours_batches) // 2][1], T))
+    C.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
