@@ -586,7 +586,7 @@ def _read(r: _Reader) -> ModelFile:
         r.fail("/config field 'vth'", f"must be a positive finite number, got {cfg['vth']!r}")
     if cfg["weights"] != precision:
         r.fail("/config field 'weights'", f"{cfg['weights']!r} differs from the file precision {precision!r}")
-    h, fdim, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    h, n = cfg["hidden_size"], cfg["num_hidden_layers"]
     vth = float(cfg["vth"])
 
     prov = r.json_attr(r.group("/provenance"), "json")

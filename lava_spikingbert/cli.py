@@ -102,7 +102,8 @@ def cmd_distill(args) -> int:
     dev = encode(dev_ex, tokenizer, args.max_length)
     layer_map = [int(x) for x in args.layer_map.split(",")] if args.layer_map else None
     settings = StageSettings(stage=args.stage, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             t_conv=args.train_t_conv, eval_every=args.eval_every, temperature=args.temperature,
+                             head_lr=args.head_lr, t_conv=args.train_t_conv, eval_every=args.eval_every,
+                             temperature=args.temperature,
                              gold_labels=args.gold_labels, seed=args.seed, weights=args.weights, layer_map=layer_map,
                              checkpoint_every=args.checkpoint_every, run_steps=args.run_steps)
     result = run_stage(settings, student, teacher, train, args.out, tokenizer=tokenizer, spec=spec, dev=dev,
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-steps", type=int, default=None, help="stop (resumably) after this many steps")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="learning rate of the classifier (default: --lr); a fresh head needs a larger one")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)

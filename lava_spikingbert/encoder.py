@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from lava_spikingbert.config import SpikingBertConfig
 from lava_spikingbert.equilibrium import attach_implicit_adjoint, straight_through
-from lava_spikingbert.neurons import IFSubtract, LIFResetZero, heaviside, make_neuron, surrogate_spike
+from lava_spikingbert.neurons import heaviside, make_neuron, surrogate_spike
 
 LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
 MASK_NEGATIVE = -10000.0  # additive attention mask; exp() of it is exactly 0 in float32/float64
@@ -192,37 +192,6 @@ MODES = ("equilibrium", "simulate", "steady_state", "bptt")
 SIM_CHUNK_BYTES = 16 * 2**20
 
 
-def _if_subtract_steps(vth: float, v: torch.Tensor, current: torch.Tensor, owned: bool) -> torch.Tensor:
-    """``IFSubtract.step`` over the leading (time) dim of ``current``, in place on ``v``.
-
-    Bit-identical to the reference step: ``v + I`` rounds the same way, ``v >= vth`` is
-    ``v - vth >= 0`` exactly (IEEE subtraction keeps the sign), and ``v - vth * s`` subtracts
-    either exactly ``vth`` or exactly 0. The spikes overwrite ``current`` when it is ``owned``
-    (a fresh tensor nobody else reads), else go to a new tensor.
-    """
-    out = current if owned else torch.empty(current.shape, dtype=current.dtype, device=current.device)
-    for t in range(current.shape[0]):
-        s = out[t]
-        v.add_(current[t])
-        torch.ge(v, vth, out=s)
-        v.sub_(s, alpha=vth)
-    return out
-
-
-def _lif_reset_zero_steps(vth: float, v: torch.Tensor, current: torch.Tensor, owned: bool) -> torch.Tensor:
-    """``LIFResetZero.step`` in place (``v > vth`` fires, ``v * (1 - s)`` resets to zero)."""
-    out = current if owned else torch.empty(current.shape, dtype=current.dtype, device=current.device)
-    for t in range(current.shape[0]):
-        s = out[t]
-        v.add_(current[t])
-        torch.gt(v, vth, out=s)
-        v.addcmul_(v, s, value=-1.0)
-    return out
-
-
-_IN_PLACE_STEPS = {IFSubtract: _if_subtract_steps, LIFResetZero: _lif_reset_zero_steps}
-
-
 class SpikingBert(nn.Module):
     """Spiking BERT encoder + classification/regression head on the [CLS] ASR."""
 
@@ -337,8 +306,9 @@ class SpikingBert(nn.Module):
             v = membranes.get(name)
             if v is None:
                 v = torch.zeros_like(current[0])
-            if in_place and type(neuron) in _IN_PLACE_STEPS:
-                out = _IN_PLACE_STEPS[type(neuron)](neuron.vth, v, current, owned)
+            if in_place:  # the spikes overwrite ``current`` when nobody else reads it
+                out = neuron.run_steps(v, current, current if owned else
+                                       torch.empty(current.shape, dtype=current.dtype, device=current.device))
             else:
                 spikes = []
                 for t in range(current.shape[0]):

@@ -7,7 +7,10 @@ Every kind has
 * ``rate(current)``: the differentiable steady-state map ``a = g(I)`` the equilibrium gradients
   flow through (the average spiking rate a population converges to under a constant current);
 * ``rate_exact(current)``: the rate the simulation really converges to for a constant current
-  (equal to ``rate`` for the paper's neuron; a staircase for Lava's reset-to-zero LIF).
+  (equal to ``rate`` for the paper's neuron; a staircase for Lava's reset-to-zero LIF);
+* ``run_steps(v, currents, out)``: ``step`` over the leading (time) dim of ``currents`` without
+  autograd, in place on ``v``, spikes written into ``out`` (which may be ``currents`` itself):
+  the simulator's inner loop, bit-identical to calling ``step`` per time step.
 """
 
 from __future__ import annotations
@@ -64,6 +67,16 @@ class IFSubtract:
         s = spike_fn(v - self.vth, self.strict)
         return v - self.vth * s, s
 
+    def run_steps(self, v: torch.Tensor, currents: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # ``v + I`` rounds as in ``step``; ``v >= vth`` is exactly ``v - vth >= 0`` (IEEE subtraction
+        # keeps the sign); subtracting ``vth * s`` subtracts exactly vth or 0
+        for t in range(currents.shape[0]):
+            s = out[t]
+            v.add_(currents[t])
+            torch.ge(v, self.vth, out=s)
+            v.sub_(s, alpha=self.vth)
+        return out
+
     def rate(self, current: torch.Tensor) -> torch.Tensor:
         return torch.clamp(current / self.vth, 0.0, 1.0)
 
@@ -90,6 +103,14 @@ class LIFResetZero:
         v = v + current
         s = spike_fn(v - self.vth, self.strict)
         return v * (1 - s), s
+
+    def run_steps(self, v: torch.Tensor, currents: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        for t in range(currents.shape[0]):
+            s = out[t]
+            v.add_(currents[t])
+            torch.gt(v, self.vth, out=s)
+            v.addcmul_(v, s, value=-1.0)  # v * (1 - s): exactly 0 after a spike
+        return out
 
     def rate(self, current: torch.Tensor) -> torch.Tensor:
         drive = torch.relu(current)

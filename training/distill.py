@@ -47,6 +47,7 @@ class StageSettings:
     max_steps: int
     batch_size: int = 32
     lr: float = 5e-5
+    head_lr: float | None = None  # classifier learning rate (None: lr)
     warmup: float = 0.1
     weight_decay: float = 0.01
     decay: bool = True  # linear decay after warm-up (the reference keeps step 2 constant)
@@ -273,7 +274,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
 
     seed_all(settings.seed)
     student.train()
-    optimizer = make_optimizer(student, settings.lr, settings.weight_decay)
+    optimizer = make_optimizer(student, settings.lr, settings.weight_decay, head_lr=settings.head_lr)
     scheduler = linear_schedule(optimizer, int(settings.warmup * settings.max_steps), settings.max_steps,
                                 decay=settings.decay)
     step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0

@@ -113,7 +113,9 @@ def reference_counts(mf, tag: str, emb: np.ndarray, ids: np.ndarray, mask: np.nd
 def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit: int | None = None,
              tag: str = "fixed_pt", t_conv: int | None = None, glue_dir: str | None = None,
              backend: str = "sim", batch_size: int = 16, parity: bool = True,
-             timeout: float | None = None) -> dict[str, ty.Any]:
+             timeout: float | None = None, progress: bool = False) -> dict[str, ty.Any]:
+    from tqdm.auto import tqdm
+
     from training.data import compute_metrics, get_task, load_glue  # no torch at module level
 
     from lava_spikingbert.lava.runner import run_batch
@@ -146,6 +148,7 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     asr_diff: dict[str, list[float]] = {}
     lava_s = 0.0
     t_start = time.perf_counter()
+    bar = tqdm(total=n, desc=f"lava {tag}", unit="sentence", disable=not progress)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         ids, mask = pad([all_ids[i] for i in idx])
@@ -166,6 +169,10 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
                 d = np.abs(c - r)[m] / T
                 asr_diff.setdefault(name, []).extend([float(d.sum()), float(d.size)])
             match[idx] = ok
+        bar.update(len(idx))
+        if parity:
+            bar.set_postfix(count_match=f"{match[order[:start + len(idx)]].mean():.4f}")
+    bar.close()
     wall = time.perf_counter() - t_start
     preds = logits.argmax(-1) if not spec.is_regression else logits[:, 0]
     labels = [ex.label for ex in examples]
@@ -188,7 +195,7 @@ def cmd_lava(args) -> int:
     """CLI entry (``spikingbert lava``)."""
     res = evaluate(args.model, args.task, args.split, limit=args.limit, tag=args.tag, t_conv=args.t_conv,
                    glue_dir=args.glue_dir, backend=args.backend, batch_size=args.batch_size,
-                   parity=not args.no_parity)
+                   parity=not args.no_parity, progress=True)
     print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}: "
           f"metrics={res['metrics']} agreement={res['prediction_agreement']} "
           f"count_match={res['spike_count_match']} {res['sentences_per_s']:.2f} sent/s")
