@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
@@ -24,34 +21,13 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikingbert.lava import kernels
+from lava_spikingbert.lava.procs._bases import CurrentBlockModel
 
 
 def _check_latency(latency: int) -> int:
     if latency not in (0, 1):
         raise ValueError(f"latency must be 0 or 1, got {latency!r}")
     return int(latency)
-
-
-class CurrentBlockModel(PyLoihiProcessModel):
-    """Base of the current-block models: ``compute(t)`` receives the inputs of 0-based step t and
-    returns the output current, sent this step (latency 0) or the next (latency 1)."""
-
-    def __init__(self, proc_params) -> None:
-        super().__init__(proc_params)
-        self.latency = proc_params["latency"]
-        kernels.single_threaded_blas()
-
-    def compute(self, t: int) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def run_spk(self) -> None:
-        if self.latency:
-            self.a_out.send(self.a_buff)
-        y = self.compute(self.time_step - 1)
-        if self.latency:
-            self.a_buff = y
-        else:
-            self.a_out.send(y)
 
 
 class ResidualLayerNorm(AbstractProcess):
@@ -71,26 +47,32 @@ class ResidualLayerNorm(AbstractProcess):
         self.a_buff = Var(shape=shape, init=0)
 
 
-@implements(proc=ResidualLayerNorm, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyResidualLayerNormModelFloat(CurrentBlockModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    r_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float32)
-    gamma: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    beta: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float32)
+class ResidualLayerNormModel(CurrentBlockModel):
+    """Shared part of the ResidualLayerNorm models: the block input ``a + r``, with the residual
+    spikes ``r`` delayed by ``residual_delay`` steps."""
+
+    dense_in_ports = ("a_in", "r_in")
+    dense_out_ports = ("a_out",)
+    dense_arrays = ("gamma", "beta", "a_buff")
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
         self.eps = proc_params["eps"]
         self.residual = kernels.DelayLine(proc_params["shape"], proc_params["residual_delay"])
 
+    def block_input(self) -> np.ndarray:
+        a = self.receive(self.a_in)
+        # DelayLine buffers float32 (exact for spikes): back to the model's type (a no-op in float32)
+        r = np.asarray(self.residual.push(self.receive(self.r_in)), dtype=self.dtype)
+        return a + r
+
+
+@implements(proc=ResidualLayerNorm, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyResidualLayerNormModelFloat(ResidualLayerNormModel, dtype=np.float32):
     def compute(self, t: int) -> np.ndarray:
-        a = np.asarray(self.a_in.recv(), dtype=np.float32)
-        r = self.residual.push(np.asarray(self.r_in.recv(), dtype=np.float32))
-        return kernels.layer_norm(a + r, self.gamma, self.beta, self.eps)
+        return kernels.layer_norm(self.block_input(), self.gamma, self.beta, self.eps)
 
 
 class GELU(AbstractProcess):
@@ -106,57 +88,42 @@ class GELU(AbstractProcess):
         self.a_buff = Var(shape=shape, init=0)
 
 
+class GELUModel(CurrentBlockModel):
+    """Ports of the GELU models."""
+
+    dense_in_ports = ("a_in",)
+    dense_out_ports = ("a_out",)
+    dense_arrays = ("a_buff",)
+
+
 @implements(proc=GELU, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyGELUModelFloat(CurrentBlockModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float32)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float32)
-
+class PyGELUModelFloat(GELUModel, dtype=np.float32):
     def compute(self, t: int) -> np.ndarray:
-        return kernels.gelu(np.asarray(self.a_in.recv(), dtype=np.float32))
+        return kernels.gelu(self.receive(self.a_in))
 
 
 # ------------------------------------------------------------------ fixed_pt (docs/fixed_point.md §2.6-2.8)
 @implements(proc=ResidualLayerNorm, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyResidualLayerNormModelFixed(CurrentBlockModel):
+class PyResidualLayerNormModelFixed(ResidualLayerNormModel, dtype=np.float64):
     """``Q(LN(z + r))`` in float64; ``z`` the exact block input from the fixed TokenLinear."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    r_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
-    gamma: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    beta: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
-
-    def __init__(self, proc_params) -> None:
-        super().__init__(proc_params)
-        self.eps = proc_params["eps"]
-        self.lam = proc_params["lam"]
-        self.residual = kernels.DelayLine(proc_params["shape"], proc_params["residual_delay"])
 
     def compute(self, t: int) -> np.ndarray:
         from lava_spikingbert.lava.fixed import layer_norm64, to_grid
 
-        a = np.asarray(self.a_in.recv(), dtype=np.float64)
-        r = np.asarray(self.residual.push(np.asarray(self.r_in.recv(), dtype=np.float64)), dtype=np.float64)
-        return to_grid(layer_norm64(a + r, self.gamma, self.beta, self.eps), self.lam)
+        return to_grid(layer_norm64(self.block_input(), self.gamma, self.beta, self.eps), self.lam)
 
 
 @implements(proc=GELU, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyGELUModelFixed(CurrentBlockModel):
+class PyGELUModelFixed(GELUModel, dtype=np.float64):
     """``Q(GELU(z))`` in float64."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
 
     def compute(self, t: int) -> np.ndarray:
         from lava_spikingbert.lava.fixed import gelu64, to_grid
 
-        return to_grid(gelu64(np.asarray(self.a_in.recv(), dtype=np.float64)), self.proc_params["lam"])
+        return to_grid(gelu64(self.receive(self.a_in)), self.lam)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from lava_spikingbert.lava.procs._bases import DenseModel
 
 
 class EmbeddingSource(AbstractProcess):
@@ -38,9 +37,9 @@ class EmbeddingSource(AbstractProcess):
 @implements(proc=EmbeddingSource, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyEmbeddingSourceModelFloat(PyLoihiProcessModel):
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float32)
-    data: np.ndarray = LavaPyType(np.ndarray, np.float32)
+class PyEmbeddingSourceModelFloat(DenseModel, dtype=np.float32):
+    dense_out_ports = ("a_out",)
+    dense_arrays = ("data",)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -53,23 +52,12 @@ class PyEmbeddingSourceModelFloat(PyLoihiProcessModel):
         if 0 <= k < self.data.shape[0]:
             self.a_out.send(self.data[k])
         else:
-            self.a_out.send(np.zeros(self.data.shape[1:], dtype=np.float32))
+            self.a_out.send(np.zeros(self.data.shape[1:], dtype=self.dtype))
 
 
 @implements(proc=EmbeddingSource, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyEmbeddingSourceModelFixed(PyEmbeddingSourceModelFloat):
+class PyEmbeddingSourceModelFixed(PyEmbeddingSourceModelFloat, dtype=np.float64):
     """Streams the integer embed input ``Q(E)`` (float64 integers, computed on the host from the
     model file's tables, ``lava_spikingbert.lava.fixed.embedding_grid``)."""
-
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
-    data: np.ndarray = LavaPyType(np.ndarray, np.float64)
-
-    def run_spk(self) -> None:
-        t = self.time_step - 1 - self.offset
-        k = t // self.interval if t >= 0 else -1
-        if 0 <= k < self.data.shape[0]:
-            self.a_out.send(self.data[k])
-        else:
-            self.a_out.send(np.zeros(self.data.shape[1:], dtype=np.float64))

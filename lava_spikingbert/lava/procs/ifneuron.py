@@ -29,22 +29,22 @@ import typing as ty
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort, OutPort
-from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.process import LogConfig
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spikingbert.lava.counts import CountLayout, WindowCounter, check_record_index
+from lava_spikingbert.lava.counts import WindowCounter
+from lava_spikingbert.lava.fixed import wrap24
+from lava_spikingbert.lava.procs._bases import DenseModel, WindowCountingProcess, window_count_layout
 
 KINDS = ("if_subtract", "lif_reset_zero")
 V_MAX_FIXED = 2 ** 23 - 1
 
 
-class IFNeuron(AbstractProcess):
+class IFNeuron(WindowCountingProcess):
     """Integrate-and-fire population of shape (tokens, width) with per-sample reset and counts.
 
     Parameters
@@ -71,11 +71,7 @@ class IFNeuron(AbstractProcess):
             raise ValueError(f"IFNeuron kind must be one of {KINDS}, got {kind!r}")
         if int(reset_interval) <= 0 or int(reset_offset) < 0:
             raise ValueError(f"reset_interval must be > 0 and reset_offset >= 0, got {reset_interval}, {reset_offset}")
-        if record_index is not None:
-            record_index = check_record_index(record_index, int(n_samples), shape[0])
-            record_tokens = range(record_index.shape[1])  # slots
-        layout = CountLayout(n_samples=int(n_samples), tokens=tuple(int(t) for t in record_tokens),
-                             width=shape[1], max_count=int(reset_interval))
+        layout, record_index = window_count_layout(shape, n_samples, reset_interval, record_tokens, record_index)
         if any(not 0 <= t < shape[0] for t in layout.tokens):
             raise ValueError(f"record_tokens {layout.tokens} outside [0, {shape[0]})")
         super().__init__(shape=shape, kind=kind, reset_interval=int(reset_interval),
@@ -89,23 +85,13 @@ class IFNeuron(AbstractProcess):
         self.bias_exp = Var(shape=shape, init=np.broadcast_to(np.asarray(bias_exp), shape).copy())
         self.counts = Var(shape=layout.var_shape, init=0)
 
-    @property
-    def count_layout(self) -> CountLayout:
-        return self.proc_params["count_layout"]
 
+class IFNeuronModel(DenseModel):
+    """The step shared by the IFNeuron models (window reset, threshold and reset rule, counting);
+    a model supplies its input conversion and its integration (see the module docstring)."""
 
-@implements(proc=IFNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyIFNeuronModelFloat(PyLoihiProcessModel):
-    """float32 IF neuron; see the module docstring."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float32)
-    v: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    vth: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    bias_mant: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    bias_exp: np.ndarray = LavaPyType(np.ndarray, np.float32)
+    dense_in_ports = ("a_in",)
+    dense_out_ports = ("s_out",)
     counts: np.ndarray = LavaPyType(np.ndarray, np.float64)
 
     def __init__(self, proc_params) -> None:
@@ -116,66 +102,68 @@ class PyIFNeuronModelFloat(PyLoihiProcessModel):
         self.counter = WindowCounter(proc_params["count_layout"], self.interval, self.offset,
                                      proc_params["record_index"])
 
-    def run_spk(self) -> None:
-        t = self.time_step - 1
-        a = np.asarray(self.a_in.recv(), dtype=np.float32)
-        if t >= self.offset and (t - self.offset) % self.interval == 0:
-            self.v[:] = 0
-        self.v += a + self.bias_mant
-        vth = self.vth[0]
-        if self.subtract:
-            s = self.v >= vth
-            self.v[s] -= vth
-        else:
-            s = self.v > vth
-            self.v[s] = 0
-        spikes = s.astype(np.float32)
-        self.counter.update(t, spikes, self.counts)
-        self.s_out.send(spikes)
+    def input_current(self) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
 
+    def integrate_and_fire(self, a: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Integrate the current ``a`` into ``v``; return the spike mask (``v`` reset by ``fire``)."""
+        raise NotImplementedError
 
-@implements(proc=IFNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt", "bit_accurate_loihi")
-class PyIFNeuronModelFixed(PyLoihiProcessModel):
-    """Integer IF neuron in Lava-LIF units (``du=4095, dv=0`` LIF with the chosen reset); ports carry
-    exact integers as float64 (the fixed_pt TokenLinear/blocks compute in float64)."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)  # integer a_in (exact in float64)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)  # 0/1
-    v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
-    vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=17)
-    bias_mant: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
-    bias_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=3)
-    counts: np.ndarray = LavaPyType(np.ndarray, np.float64)
-
-    def __init__(self, proc_params) -> None:
-        super().__init__(proc_params)
-        self.subtract = proc_params["kind"] == "if_subtract"
-        self.interval = proc_params["reset_interval"]
-        self.offset = proc_params["reset_offset"]
-        self.counter = WindowCounter(proc_params["count_layout"], self.interval, self.offset,
-                                     proc_params["record_index"])
-
-    def run_spk(self) -> None:
-        t = self.time_step - 1
-        a = np.asarray(self.a_in.recv()).astype(np.int64)
-        if t >= self.offset and (t - self.offset) % self.interval == 0:
-            self.v[:] = 0
-        bias = self.bias_mant.astype(np.int64) << self.bias_exp.astype(np.int64)
-        x = a << 6
-        m = 2 ** 23  # Lava LIF's 24-bit u wrap (docs/fixed_point.md §2.9)
-        w = np.where(x > m, x - 2 * m, x)
-        u = np.where(w <= -m, x + 2 * m, w)
-        v = np.clip(self.v.astype(np.int64) + u + bias, -V_MAX_FIXED, V_MAX_FIXED)
-        vth = int(self.vth[0]) << 6
+    def fire(self, v: np.ndarray, vth) -> np.ndarray:
+        """Spike mask of ``v`` against ``vth``; resets the spiking entries of ``v`` in place."""
         if self.subtract:
             s = v >= vth
             v[s] -= vth
         else:
             s = v > vth
             v[s] = 0
-        self.v[:] = v
-        spikes = s.astype(np.float64)
+        return s
+
+    def run_spk(self) -> None:
+        t = self.time_step - 1
+        a = self.input_current()
+        if t >= self.offset and (t - self.offset) % self.interval == 0:
+            self.v[:] = 0  # each sample window starts from rest
+        spikes = self.integrate_and_fire(a).astype(self.dtype)
         self.counter.update(t, spikes, self.counts)
         self.s_out.send(spikes)
+
+
+@implements(proc=IFNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyIFNeuronModelFloat(IFNeuronModel, dtype=np.float32):
+    """float32 IF neuron; see the module docstring."""
+
+    dense_arrays = ("v", "vth", "bias_mant", "bias_exp")
+
+    def input_current(self) -> np.ndarray:
+        return self.receive(self.a_in)
+
+    def integrate_and_fire(self, a: np.ndarray) -> np.ndarray:
+        self.v += a + self.bias_mant
+        return self.fire(self.v, self.vth[0])
+
+
+@implements(proc=IFNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt", "bit_accurate_loihi")
+class PyIFNeuronModelFixed(IFNeuronModel, dtype=np.float64):
+    """Integer IF neuron in Lava-LIF units (``du=4095, dv=0`` LIF with the chosen reset); ports carry
+    exact integers as float64 (the fixed_pt TokenLinear/blocks compute in float64)."""
+
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=17)
+    bias_mant: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
+    bias_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=3)
+
+    def input_current(self) -> np.ndarray:
+        return np.asarray(self.a_in.recv()).astype(np.int64)  # integer a_in (exact in float64)
+
+    def integrate_and_fire(self, a: np.ndarray) -> np.ndarray:
+        bias = self.bias_mant.astype(np.int64) << self.bias_exp.astype(np.int64)
+        u = wrap24(a << 6)  # Lava LIF's 24-bit u wrap (docs/fixed_point.md §2.9)
+        v = np.clip(self.v.astype(np.int64) + u + bias, -V_MAX_FIXED, V_MAX_FIXED)
+        s = self.fire(v, int(self.vth[0]) << 6)
+        self.v[:] = v
+        return s

@@ -11,34 +11,27 @@ from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort
-from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.process import LogConfig
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spikingbert.lava.counts import CountLayout, WindowCounter, check_record_index
+from lava_spikingbert.lava.counts import WindowCounter
+from lava_spikingbert.lava.procs._bases import WindowCountingProcess, window_count_layout
 
 
-class SpikeCounter(AbstractProcess):
+class SpikeCounter(WindowCountingProcess):
     """Counts s_in (L, W) spikes per window ``offset + k*interval + [0, interval)`` (0-based steps)."""
 
     def __init__(self, *, shape: tuple[int, int], interval: int, offset: int = 0, n_samples: int = 1,
                  record_tokens: ty.Sequence[int] = (), record_index: np.ndarray | None = None,
                  name: str | None = None, log_config: LogConfig | None = None) -> None:
         shape = tuple(int(s) for s in shape)
-        if record_index is not None:
-            record_index = check_record_index(record_index, int(n_samples), shape[0])
-            record_tokens = range(record_index.shape[1])
-        layout = CountLayout(n_samples=int(n_samples), tokens=tuple(int(t) for t in record_tokens),
-                             width=shape[1], max_count=int(interval))
+        layout, record_index = window_count_layout(shape, n_samples, interval, record_tokens, record_index)
         super().__init__(interval=int(interval), offset=int(offset), count_layout=layout,
                          record_index=record_index, name=name, log_config=log_config)
         self.s_in = InPort(shape=shape)
         self.counts = Var(shape=layout.var_shape, init=0)
-
-    @property
-    def count_layout(self) -> CountLayout:
-        return self.proc_params["count_layout"]
 
 
 @implements(proc=SpikeCounter, protocol=LoihiProtocol)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
@@ -26,7 +24,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikingbert.lava import kernels
-from lava_spikingbert.lava.procs.current_blocks import CurrentBlockModel, _check_latency
+from lava_spikingbert.lava.procs._bases import CurrentBlockModel
+from lava_spikingbert.lava.procs.current_blocks import _check_latency
 
 
 class SpikingAttention(AbstractProcess):
@@ -60,18 +59,12 @@ class SpikingAttention(AbstractProcess):
         self.a_buff = Var(shape=shape, init=0)
 
 
-@implements(proc=SpikingAttention, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PySpikingAttentionModelFloat(CurrentBlockModel):
-    x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    k_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    v_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float32)
-    q_weight: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    q_bias: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    mask_bias: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float32)
+class SpikingAttentionModel(CurrentBlockModel):
+    """Shared part of the SpikingAttention models: the step's inputs and the mask of its sentence."""
+
+    dense_in_ports = ("x_in", "k_in", "v_in")
+    dense_out_ports = ("a_out",)
+    dense_arrays = ("q_weight", "q_bias", "mask_bias", "a_buff")
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -80,54 +73,49 @@ class PySpikingAttentionModelFloat(CurrentBlockModel):
         self.offset = proc_params["offset"]
         self.query = kernels.DelayLine(proc_params["shape"], proc_params["query_delay"])
 
-    def compute(self, t: int) -> np.ndarray:
-        x = self.query.push(np.asarray(self.x_in.recv(), dtype=np.float32))
-        k = np.asarray(self.k_in.recv(), dtype=np.float32)
-        v = np.asarray(self.v_in.recv(), dtype=np.float32)
+    def inputs(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x, k, v, mask) of 0-based step t: the layer-input spikes delayed by ``query_delay``, the
+        key and value spikes, and the additive mask of the step's sentence."""
+        # DelayLine buffers float32 (exact for spikes): back to the model's type (a no-op in float32)
+        x = np.asarray(self.query.push(self.receive(self.x_in)), dtype=self.dtype)
+        k = self.receive(self.k_in)
+        v = self.receive(self.v_in)
         sample = min(max((t - self.offset) // self.interval, 0), self.mask_bias.shape[0] - 1)
-        return kernels.attention_context(x, self.q_weight, self.q_bias, k, v, self.num_heads, self.mask_bias[sample])
+        return x, k, v, self.mask_bias[sample]
+
+
+@implements(proc=SpikingAttention, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PySpikingAttentionModelFloat(SpikingAttentionModel, dtype=np.float32):
+    def compute(self, t: int) -> np.ndarray:
+        x, k, v, mask = self.inputs(t)
+        return kernels.attention_context(x, self.q_weight, self.q_bias, k, v, self.num_heads, mask)
 
 
 @implements(proc=SpikingAttention, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PySpikingAttentionModelFixed(CurrentBlockModel):
+class PySpikingAttentionModelFixed(SpikingAttentionModel, dtype=np.float64):
     """float64 attention on the exact query accumulator; output ``Q(context)`` (docs/fixed_point.md §2.5)."""
-
-    x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    k_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    v_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
-    q_weight: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    q_bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    mask_bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        self.num_heads = proc_params["num_heads"]
-        self.interval = proc_params["interval"]
-        self.offset = proc_params["offset"]
-        self.lam = proc_params["lam"]
         self.q_scale = 2.0 ** proc_params["q_exp"] * self.lam
         n, h = proc_params["shape"]
         d = h // self.num_heads
         s = proc_params["score_scale"]
         self.score_scale = 1.0 / np.sqrt(d) if s is None else float(s)
-        self.query = kernels.DelayLine(proc_params["shape"], proc_params["query_delay"])
 
     def compute(self, t: int) -> np.ndarray:
         from lava_spikingbert.lava.fixed import to_grid
 
-        x = np.asarray(self.query.push(np.asarray(self.x_in.recv(), dtype=np.float64)), dtype=np.float64)
-        k = np.asarray(self.k_in.recv(), dtype=np.float64)
-        v = np.asarray(self.v_in.recv(), dtype=np.float64)
-        sample = min(max((t - self.offset) // self.interval, 0), self.mask_bias.shape[0] - 1)
+        x, k, v, mask = self.inputs(t)
         n, h = x.shape
         nh, d = self.num_heads, h // self.num_heads
         q = (x @ self.q_weight.T) * self.q_scale + self.q_bias
         qh, kh, vh = (z.reshape(n, nh, d).transpose(1, 0, 2) for z in (q, k, v))
-        scores = qh @ kh.transpose(0, 2, 1) * self.score_scale + self.mask_bias[sample]
+        scores = qh @ kh.transpose(0, 2, 1) * self.score_scale + mask
         e = np.exp(scores - scores.max(-1, keepdims=True))
         probs = e / e.sum(-1, keepdims=True)
         ctx = (probs @ vh).transpose(1, 0, 2).reshape(n, h)

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
@@ -28,6 +25,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikingbert.lava import kernels
+from lava_spikingbert.lava.procs._bases import CurrentOutputModel
 
 
 class TokenLinear(AbstractProcess):
@@ -54,56 +52,42 @@ class TokenLinear(AbstractProcess):
         self.a_buff = Var(shape=(int(n_tokens), n_out), init=0)
 
 
+class TokenLinearModel(CurrentOutputModel):
+    """Ports of the TokenLinear models; one step of latency (``CurrentOutputModel.latency``)."""
+
+    dense_in_ports = ("s_in",)
+    dense_out_ports = ("a_out",)
+    dense_arrays = ("weight", "bias", "a_buff")
+
+
 @implements(proc=TokenLinear, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyTokenLinearModelFloat(PyLoihiProcessModel):
+class PyTokenLinearModelFloat(TokenLinearModel, dtype=np.float32):
     """float32: one (L, in) @ (in, out) matmul per step."""
 
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float32)
-    weight: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    bias: np.ndarray = LavaPyType(np.ndarray, np.float32)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float32)
-
-    def __init__(self, proc_params) -> None:
-        super().__init__(proc_params)
-        kernels.single_threaded_blas()
-
-    def run_spk(self) -> None:
-        self.a_out.send(self.a_buff)
-        x = np.asarray(self.s_in.recv(), dtype=np.float32)
-        self.a_buff = kernels.linear(x, self.weight, self.bias)
+    def compute(self, t: int) -> np.ndarray:
+        return kernels.linear(self.receive(self.s_in), self.weight, self.bias)
 
 
 @implements(proc=TokenLinear, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyTokenLinearModelFixed(PyLoihiProcessModel):
+class PyTokenLinearModelFixed(TokenLinearModel, dtype=np.float64):
     """Integer mantissa weights, exact accumulator ``acc = s @ W_mant^T`` in float64 (BLAS, exact
     below 2**53). Into a neuron: ``a = acc << weight_exp`` (floor for a negative exponent, Lava
     ``Dense``), bias on the neuron; into a host block: ``z = acc * 2**weight_exp * lam + b``."""
 
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
-    weight: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.float64)
-
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        kernels.single_threaded_blas()
         self.exp = proc_params["weight_exp"]
         self.to_block = proc_params["target"] == "block"
         self.scale = 2.0 ** self.exp * proc_params["lam"]
 
-    def run_spk(self) -> None:
-        self.a_out.send(self.a_buff)
-        x = np.asarray(self.s_in.recv(), dtype=np.float64)
-        acc = x @ self.weight.T
+    def compute(self, t: int) -> np.ndarray:
+        acc = self.receive(self.s_in) @ self.weight.T
         if self.to_block:
-            self.a_buff = acc * self.scale + self.bias
-        elif self.exp >= 0:
-            self.a_buff = acc * float(2 ** self.exp)
-        else:
-            self.a_buff = np.floor(acc / float(2 ** -self.exp))
+            return acc * self.scale + self.bias
+        if self.exp >= 0:
+            return acc * float(2 ** self.exp)
+        return np.floor(acc / float(2 ** -self.exp))
