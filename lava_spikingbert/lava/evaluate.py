@@ -150,7 +150,7 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     t_start = time.perf_counter()
     # lava-nc sets the 'fork' start method when first imported and fails if it is already set;
     # tqdm's bar fixes it (multiprocessing lock), so Lava must be imported first
-    import lava.magma.core.run_configs  # noqa: F401
+    import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
     bar = tqdm(total=n, desc=f"lava {tag}", unit="sentence", disable=not progress)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
