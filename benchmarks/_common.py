@@ -143,12 +143,19 @@ def pad_batch(ids: Sequence[Sequence[int]], length: int | None = None):
     return input_ids, mask, torch.zeros_like(input_ids)
 
 
-def bucketed(ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
-    """Example indices sorted by length (stable), cut into batches: dynamic padding only pads to the
-    longest sentence of each batch."""
+def bucketed(ids: Sequence[Sequence[int]], batch_size: int, exact_length: bool = False) -> Iterator[list[int]]:
+    """Example indices sorted by length (stable), cut into batches of at most ``batch_size``:
+    dynamic padding only pads to the longest sentence of each batch. ``exact_length`` also starts a
+    new batch whenever the length changes, so no batch needs padding at all."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == batch_size or (exact_length and len(ids[i]) != len(ids[batch[0]]))):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -201,7 +208,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    body = ["| " + " | ".join(c.ljust(w) if isinstance(v, str) else c.rjust(w)
+                              for c, v, w in zip(r, raw, widths)) + " |" for r, raw in zip(cells, rows)]
     return "\n".join([line, sep, *body])
 
 

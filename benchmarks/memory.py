@@ -9,7 +9,11 @@ sentences (padded to the longest of them), labels = the gold labels:
 * bptt: ``mode="bptt"``: the same simulation with a surrogate spike derivative, differentiated
   through all T steps (the usual baseline; the autograd graph holds every step).
 
-Each (mode, T) runs in a fresh Python process (``subprocess``), so peaks cannot pollute each other.
+Each (mode, T) runs in fresh Python processes (``subprocess``), so peaks cannot pollute each other:
+one for memory, started with ``MALLOC_MMAP_THRESHOLD_=131072`` (every tensor >= 128 KiB is its
+own mapping, returned to the OS when freed, so RSS follows the live memory; with glibc's default
+dynamic threshold freed blocks stay in the heap and the peak depends on the allocation history:
++-20% run to run, reported as ``*_peak_mb_default_malloc``), one for the time (default allocator).
 Inside the child: build model + optimizer, one warm-up step at the same T (allocates the
 optimizer state and grads; the first step at a new size is several times slower because of
 first-touch page faults), ``malloc_trim(0)``, read RSS (baseline), reset the kernel's peak-RSS
@@ -112,7 +116,7 @@ def child(args) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         mark("optimizer")
-        return float(out.loss)
+        return float(out.loss.detach())
 
     torch.manual_seed(0)
     step(args.t)  # warm-up: the same step once (optimizer state, grads, first-touch of memory)
@@ -147,17 +151,23 @@ def child(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- parent
-def run_child(args, mode: str, T: int) -> dict:
+# glibc: every allocation >= 128 KiB gets its own mapping and is unmapped when freed (the default
+# raises this threshold dynamically and keeps freed memory in the heap), so RSS follows live memory
+FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def run_child(args, mode: str, T: int, repeats: int, env_extra: dict | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--mode", mode, "--t", str(T),
            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--gain", str(args.gain),
-           "--seed", str(args.seed), "--repeats", str(args.repeats)]
+           "--seed", str(args.seed), "--repeats", str(repeats)]
     if args.old_chunking:
         cmd.append("--old-chunking")
     if args.glue_dir:
         cmd += ["--glue-dir", args.glue_dir]
     if args.model:
         cmd += ["--model", args.model]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"child {mode} T={T} failed:\n{proc.stderr[-3000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
@@ -219,21 +229,32 @@ def main(argv: list[str] | None = None) -> dict | None:
     rows: dict[str, dict[int, dict]] = {m: {} for m in args.modes}
     for T in args.t:
         for mode in args.modes:
-            r = run_child(args, mode, T)
+            r = run_child(args, mode, T, 1, FIXED_MMAP_ENV)  # memory
+            timed = run_child(args, mode, T, args.repeats)  # time (default allocator)
+            r["peak_mb_default_malloc"] = timed["peak_mb"]
+            r["phase_peak_mb_default_malloc"] = timed["phase_peak_mb"]
+            r["step_s_fixed_mmap"] = r["step_s"]
+            for key in ("step_s", "step_s_all", "step_cpu_s", "load_avg_1min"):
+                r[key] = timed[key]
             rows[mode][T] = r
             ph = r["phase_peak_mb"] or {}
-            print(f"  {mode:8s} T={T:3d}: peak {r['peak_mb']:8.1f} MB (sampled {r['sampled_peak_mb']:8.1f}; "
+            print(f"  {mode:8s} T={T:3d}: peak {r['peak_mb']:8.1f} MB ("
                   + ", ".join(f"{k} {v:.0f}" for k, v in ph.items())
-                  + f"), step {r['step_s']:6.2f} s wall / {r['step_cpu_s']:6.2f} s CPU, chunk {r['chunk_steps']}, "
+                  + f"; sampled {r['sampled_peak_mb']:.0f}; default malloc {r['peak_mb_default_malloc']:.0f}), "
+                  f"step {r['step_s']:6.2f} s wall / {r['step_cpu_s']:6.2f} s CPU, chunk {r['chunk_steps']}, "
                   f"load {r['load_avg_1min']:.1f}", flush=True)
     first = next(iter(next(iter(rows.values())).values()))
     result: dict = {"T": list(args.t), "batch_size": args.batch_size, "batch_shape": first["batch_shape"],
                     "weights": first["weights"], "old_chunking": args.old_chunking, "repeats": args.repeats,
                     "peak_definition": "max over the step's phases (forward, backward, optimizer) of VmHWM minus "
                     "the RSS before the step (fresh process per configuration, after a warm-up step and "
-                    "malloc_trim)", "step_s_definition": "wall time of the fastest measured step"}
+                    "malloc_trim), with MALLOC_MMAP_THRESHOLD_=131072 so that RSS follows live memory; "
+                    "*_peak_mb_default_malloc: the same with glibc's default (dynamic) threshold",
+                    "step_s_definition": "wall time of the fastest measured step (default allocator, separate "
+                    "process)"}
     for mode in args.modes:
-        for key in ("peak_mb", "sampled_peak_mb", "phase_peak_mb", "step_s", "step_cpu_s", "chunk_steps",
+        for key in ("peak_mb", "sampled_peak_mb", "phase_peak_mb", "peak_mb_default_malloc",
+                    "phase_peak_mb_default_malloc", "step_s", "step_cpu_s", "step_s_fixed_mmap", "chunk_steps",
                     "load_avg_1min"):
             result[f"{mode}_{key}"] = [rows[mode][T][key] for T in args.t]
     if "implicit" in rows and len(args.t) > 1:
