@@ -252,3 +252,24 @@ def test_cli_errors_are_one_line(tmp_path):
                            "--task", "sst2"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "not a checkpoint directory" in proc.stderr
+
+
+def test_head_lr_gives_the_classifier_its_own_rate(setup):
+    from training.common import linear_schedule, make_optimizer
+
+    teacher, *_ = setup
+    student = new_student(teacher)
+    opt = make_optimizer(student, 1e-4, 0.01, head_lr=5e-3)
+    head = {id(p) for p in student.classifier.parameters()}
+    groups = [g for g in opt.param_groups if {id(p) for p in g["params"]} & head]
+    assert len(groups) == 1 and {id(p) for p in groups[0]["params"]} == head
+    assert groups[0]["lr"] == 5e-3 and groups[0]["weight_decay"] == 0.0
+    assert all(g["lr"] == 1e-4 for g in opt.param_groups if g is not groups[0])
+    n_params = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_params == sum(1 for p in student.parameters() if p.requires_grad)
+    sched = linear_schedule(opt, 0, 10)  # the schedule scales both rates alike
+    opt.step()
+    sched.step()
+    assert groups[0]["lr"] == pytest.approx(5e-3 * 0.9) and opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.9)
+    plain = make_optimizer(student, 1e-4, 0.01)
+    assert len(plain.param_groups) == 2
