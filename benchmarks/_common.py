@@ -213,6 +213,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join([line, sep, *body])
 
 
+def save_figure(fig, path: str | Path) -> None:
+    from lava_spikingbert.fileio import atomic_save_figure
+
+    atomic_save_figure(fig, path)
+    print(f"wrote {path}")
+
+
 def write_json(path: str | None, payload: dict) -> None:
     if not path:
         return

@@ -136,10 +136,7 @@ def plot(result: dict, path: str) -> None:
     ax.legend(fontsize=7)
     fig.suptitle(f"SpikingBERT default student, {result['n']} SST-2 dev sentences ({result['weights_short']})")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
+    C.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -182,29 +182,21 @@ def plot(result: dict, path: str) -> None:
 
     T = result["T"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(T, result["implicit_peak_mb"], "o-", label="equilibrium (implicit)")
-    ax1.plot(T, result["bptt_peak_mb"], "s-", label="BPTT (surrogate)")
-    ax1.set_xscale("log", base=2)
-    ax1.set_xticks(T, [str(t) for t in T])
-    ax1.set_xlabel("time steps T")
-    ax1.set_ylabel("peak extra RSS of one training step (MB)")
-    ax1.set_title("memory")
-    ax1.legend()
-    ax2.plot(T, result["implicit_step_s"], "o-", label="equilibrium (implicit)")
-    ax2.plot(T, result["bptt_step_s"], "s-", label="BPTT (surrogate)")
-    ax2.set_xscale("log", base=2)
-    ax2.set_xticks(T, [str(t) for t in T])
-    ax2.set_xlabel("time steps T")
-    ax2.set_ylabel("wall time of one training step (s)")
-    ax2.set_title("time")
-    ax2.legend()
+    panels = ((ax1, "peak_mb", "peak extra RSS of one training step (MB)", "memory"),
+              (ax2, "step_s", "wall time of one training step (s)", "time"))
+    for ax, key, ylabel, title in panels:
+        ax.plot(T, result[f"implicit_{key}"], "o-", label="equilibrium (implicit)")
+        ax.plot(T, result[f"bptt_{key}"], "s-", label="BPTT (surrogate)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(T, [str(t) for t in T])
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
     b, l = result["batch_shape"]
     fig.suptitle(f"SpikingBERT default student, batch {b} x {l} tokens, 2 threads")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
+    C.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -433,9 +433,9 @@ def plot_efficiency(report: dict, png: str | Path) -> None:
     ax.set_title(f"{report['precision']} student: accuracy and efficiency vs T "
                  f"(ACC {ENERGY['acc_pj']} pJ, MAC {ENERGY['mac_pj']} pJ)", fontsize=9)
     fig.tight_layout()
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    from lava_spikingbert.fileio import atomic_save_figure
+
+    atomic_save_figure(fig, png)
 
 
 def summary_lines(report: dict) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lava_spikingbert import SpikingBert
-from lava_spikingbert.fileio import atomic_write_json
+from lava_spikingbert.fileio import atomic_save_figure, atomic_write_json
 from training.common import init_distributed, seed_all
 from training.data import encode, get_task, load_glue, plain_text_corpus
 from training.distill import (StageSettings, evaluate_student, init_student_from_teacher, load_stage_result,
@@ -76,10 +76,7 @@ def plot_accuracy_vs_t(rows: list[dict], metric: str, path: Path, title: str) ->
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)
 
 
 def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_dir=None, teacher_path=None,
