@@ -306,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-conv", type=int, default=None)
     p.add_argument("--glue-dir", default=None)
     p.add_argument("--backend", default="sim", choices=("sim", "loihi2"))
-    p.add_argument("--batch-size", type=int, default=16, help="sentences per Lava run")
+    p.add_argument("--batch-size", type=int, default=16, help="sentences per Lava run (windows per run with --pack)")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                   help="several sentences side by side per window (block-diagonal attention; default): "
+                        "fewer simulated steps. --no-pack: one sentence per window")
+    p.add_argument("--window", type=int, default=None, help="tokens per packed window (default 128)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch reference")
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_lava)

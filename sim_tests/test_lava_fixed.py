@@ -136,13 +136,16 @@ def cli_model(tmp_path_factory):
 
 
 @pytest.mark.lava
-@pytest.mark.parametrize("tag", ["fixed_pt", "floating_pt"])
-def test_cli_lava_writes_json(cli_model, tag, tmp_path):
+@pytest.mark.parametrize("tag,pack", [("fixed_pt", False), ("floating_pt", False), ("fixed_pt", True)])
+def test_cli_lava_writes_json(cli_model, tag, pack, tmp_path):
+    """``spikingbert lava`` end to end; fixed_pt must match the torch fixed-point reference exactly,
+    also with several sentences packed side by side per window (block-diagonal attention)."""
     js = tmp_path / "out.json"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    extra = ["--window", "16"] if pack else ["--no-pack"]  # packing is the default
     r = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "lava", "--model", str(cli_model / "tiny.h5"),
                         "--task", "sst2", "--split", "dev", "--limit", "4", "--tag", tag, "--t-conv", "8",
-                        "--glue-dir", str(cli_model / "glue"), "--json", str(js)],
+                        "--glue-dir", str(cli_model / "glue"), "--json", str(js), *extra],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(js.read_text())
@@ -150,6 +153,10 @@ def test_cli_lava_writes_json(cli_model, tag, tmp_path):
                 "split", "t_conv", "backend", "precision", "wall_s", "per_population_asr_diff"):
         assert key in out, key
     assert out["n"] == 4 and out["tag"] == tag and out["backend"] == "lava-sim" and "accuracy" in out["metrics"]
+    assert len(out["per_population_asr_diff"]) == 1 + 2 * 6  # embed + 6 populations per layer
+    assert out["packed"] is pack
+    if pack:  # 4 short sentences (<= 8 tokens each) fit 2 windows of 16 tokens
+        assert out["windows"] < out["n"]
     if tag == "fixed_pt":
         assert out["spike_count_match"] == 1.0 and out["prediction_agreement"] == 1.0
 

@@ -8,6 +8,12 @@ the file's float weights (``floating_pt``) or its integer view (``fixed_pt``,
 ``floating_pt`` -> ``SpikingBert.simulate`` of the model rebuilt from the file's float weights, fed
 the *same* numpy embedding current; ``fixed_pt`` -> ``hw_export.fixed_point.FixedPointModel``.
 
+Schedule: by default sentences are packed side by side into windows of 128 tokens with a
+block-diagonal attention mask (``packing``; ``--batch-size`` windows per Lava run), which cuts the
+simulated steps about five-fold on SST-2; ``--no-pack`` streams one sentence per window
+(``--batch-size`` sentences per run, padded to the run's longest). Parity is checked per sentence
+on its real tokens in every population either way.
+
 Backends: ``sim`` (Loihi2SimCfg, CPU). ``loihi2`` needs lava-loihi (``lava.utils.loihi.is_installed()``);
 without it the command **refuses** with a one-line error (no silent fallback: a user asking for
 hardware numbers must not get simulator numbers labelled as hardware). See docs/loihi2.md.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 import typing as ty
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +117,60 @@ def reference_counts(mf, tag: str, emb: np.ndarray, ids: np.ndarray, mask: np.nd
     return {k: v.numpy().astype(np.int64) for k, v in act.spike_counts.items()}, logits.numpy()
 
 
+@dataclass
+class LavaRun:
+    """One Lava run: its input windows and where each of its sentences sits in them."""
+
+    sentences: np.ndarray  # (S,) indices into the example list
+    emb: np.ndarray        # (W, L, H) EmbeddingSource data
+    mask: np.ndarray       # (W, L) key masks (one sentence per window) or (W, L, L) packed query x key masks
+    window: np.ndarray     # (S,) window of each sentence
+    slot: np.ndarray       # (S,) slot of each sentence in its window (0 when unpacked)
+    start: np.ndarray      # (S,) first token of each sentence in its window (0 when unpacked)
+    cls_index: np.ndarray  # (W, slots) [CLS] position of each slot, -1 = empty (record index array)
+
+
+def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray], batch_size: int,
+              pack: bool, window_tokens: int | None) -> ty.Iterator[LavaRun]:
+    """Lava runs over all sentences, shortest first.
+
+    Unpacked: ``batch_size`` sentences per run, one per window, padded to the run's longest.
+    Packed: sentences side by side in windows of ``window_tokens`` tokens (default: 128 or the
+    longest sentence) with block-diagonal attention (``packing``), ``batch_size`` windows per run.
+    """
+    order = np.argsort([len(s) for s in all_ids], kind="stable")
+    if not pack:
+        for first in range(0, len(order), batch_size):
+            idx = order[first:first + batch_size]
+            ids, mask = pad([all_ids[i] for i in idx])
+            types, _ = pad([all_types[i] for i in idx])
+            zeros = np.zeros(len(idx), np.int64)
+            yield LavaRun(idx, lava_input(mf, params, ids, types), mask, np.arange(len(idx)), zeros, zeros,
+                          np.zeros((len(idx), 1), np.int64))
+        return
+    from lava_spikingbert.lava.packing import pack_sentences
+
+    lengths = np.array([len(s) for s in all_ids])
+    window_tokens = int(window_tokens or max(128, int(lengths.max())))
+    if window_tokens < lengths.max():
+        raise ValueError(f"--window {window_tokens} is shorter than the longest sentence ({lengths.max()} tokens)")
+    ids, mask = pad(all_ids)
+    types, _ = pad(all_types)
+    packed = pack_sentences(lava_input(mf, params, ids, types), mask, window_tokens)
+    for first in range(0, packed.n_windows, batch_size):
+        sub, idx = packed.select(np.arange(first, min(first + batch_size, packed.n_windows)))
+        yield LavaRun(idx, sub.emb, sub.allowed, sub.window, sub.slot, sub.start, sub.cls_index)
+
+
 def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit: int | None = None,
              tag: str = "fixed_pt", t_conv: int | None = None, glue_dir: str | None = None,
-             backend: str = "sim", batch_size: int = 16, parity: bool = True,
-             timeout: float | None = None, progress: bool = False) -> dict[str, ty.Any]:
+             backend: str = "sim", batch_size: int = 16, parity: bool = True, pack: bool = True,
+             window_tokens: int | None = None, timeout: float | None = None,
+             progress: bool = False) -> dict[str, ty.Any]:
+    """Classify a GLUE split with the Lava simulator; with ``parity``, compare every sentence's
+    per-population spike counts (real tokens) and prediction with the torch reference on the same
+    file. ``pack``: several sentences per window (see ``plan_runs``); ``batch_size`` then counts
+    windows per run."""
     from tqdm.auto import tqdm
 
     from training.data import compute_metrics, get_task, load_glue  # no torch at module level
@@ -128,6 +185,8 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     if backend == "loihi2":  # pragma: no cover - no hardware in CI
         raise BackendUnavailable("--backend loihi2: the host/neurocore split is documented in docs/loihi2.md but the "
                                  "hardware run path is not validated (HW_VALIDATED=false); use --backend sim")
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
     mf = load_file(model)
     params = lava_params(mf, tag)
     T = int(t_conv or params.t_conv)
@@ -140,41 +199,49 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     max_len = int(params.max_length or mf.config["max_length"])
     tok = file_tokenizer(mf, max_len)
     all_ids, all_types = tokenize(tok, examples)
-    order = np.argsort([len(s) for s in all_ids], kind="stable")
     n = len(examples)
+    out_name = f"layer{params.num_hidden_layers - 1}.output"
     logits = np.zeros((n, params.num_labels))
     ref_logits = np.zeros((n, params.num_labels))
     match = np.zeros(n, bool)
-    asr_diff: dict[str, list[float]] = {}
-    lava_s = 0.0
+    done = np.zeros(n, bool)
+    asr_diff: dict[str, list[float]] = {}  # name -> [sum |dASR|, elements]
+    lava_s, steps, n_runs, n_windows = 0.0, 0, 0, 0
     t_start = time.perf_counter()
     # lava-nc sets the 'fork' start method when first imported and fails if it is already set;
     # tqdm's bar fixes it (multiprocessing lock), so Lava must be imported first
     import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
-    bar = tqdm(total=n, desc=f"lava {tag}", unit="sentence", disable=not progress)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        ids, mask = pad([all_ids[i] for i in idx])
-        types, _ = pad([all_types[i] for i in idx])
-        emb = lava_input(mf, params, ids, types)
+    bar = tqdm(total=n, desc=f"lava {tag}{' packed' if pack else ''}", unit="sentence", disable=not progress)
+    for run in plan_runs(mf, params, all_ids, all_types, batch_size, pack, window_tokens):
+        record = "all" if parity else {out_name: run.cls_index}
         t0 = time.perf_counter()
-        res = run_batch(params, emb, mask, t_steps=T, record="all" if parity else "cls", timeout=timeout)
+        res = run_batch(params, run.emb, run.mask, t_steps=T, record=record, timeout=timeout)
         lava_s += time.perf_counter() - t0
-        logits[idx] = res.logits
+        steps, n_runs, n_windows = steps + res.num_steps, n_runs + 1, n_windows + run.emb.shape[0]
+        cls = (res.counts[out_name][run.window, run.start] if parity
+               else res.counts[out_name][run.window, run.slot])
+        logits[run.sentences] = params.logits_from_asr(cls.astype(np.float32) / np.float32(T))
         if parity:
+            ids, mask = pad([all_ids[i] for i in run.sentences])
+            types, _ = pad([all_types[i] for i in run.sentences])
+            emb = run.emb if not pack else lava_input(mf, params, ids, types)
             ref_counts, ref_log = reference_counts(mf, tag, emb, ids, mask, types, T)
-            ref_logits[idx] = ref_log
-            ok = np.ones(len(idx), bool)
-            for name, c in res.counts.items():
-                r = ref_counts[name]
-                ok &= (c == r).reshape(len(idx), -1).all(1)
-                m = mask[:, :, None].astype(bool) & np.ones_like(c, bool)
-                d = np.abs(c - r)[m] / T
-                asr_diff.setdefault(name, []).extend([float(d.sum()), float(d.size)])
-            match[idx] = ok
-        bar.update(len(idx))
+            ref_logits[run.sentences] = ref_log
+            lengths = mask.sum(1)
+            for j, i in enumerate(run.sentences):  # real tokens only: padding has no meaning in a packed window
+                w, s, m = run.window[j], run.start[j], lengths[j]
+                ok = True
+                for name, c in res.counts.items():
+                    d = np.abs(c[w, s:s + m] - ref_counts[name][j, :m])
+                    ok &= not d.any()
+                    acc = asr_diff.setdefault(name, [0.0, 0.0])
+                    acc[0] += float(d.sum()) / T
+                    acc[1] += float(d.size)
+                match[i] = ok
+        done[run.sentences] = True
+        bar.update(len(run.sentences))
         if parity:
-            bar.set_postfix(count_match=f"{match[order[:start + len(idx)]].mean():.4f}")
+            bar.set_postfix(count_match=f"{match[done].mean():.4f}")
     bar.close()
     wall = time.perf_counter() - t_start
     preds = logits.argmax(-1) if not spec.is_regression else logits[:, 0]
@@ -186,10 +253,11 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
         "metrics": metrics,
         "prediction_agreement": float((ref_logits.argmax(-1) == logits.argmax(-1)).mean()) if parity else None,
         "spike_count_match": float(match.mean()) if parity else None,
-        "per_population_asr_diff": ({k: sum(v[0::2]) / max(sum(v[1::2]), 1.0) for k, v in asr_diff.items()}
-                                    if parity else None),  # mean over real (unpadded) tokens x neurons
+        "per_population_asr_diff": ({k: v[0] / max(v[1], 1.0) for k, v in asr_diff.items()}
+                                    if parity else None),  # mean over real tokens x neurons
         "sentences_per_s": n / lava_s if lava_s > 0 else None,
         "wall_s": wall, "lava_s": lava_s, "model": str(model),
+        "packed": pack, "lava_runs": n_runs, "windows": n_windows, "steps": steps,
     }
     return out
 
@@ -198,7 +266,7 @@ def cmd_lava(args) -> int:
     """CLI entry (``spikingbert lava``)."""
     res = evaluate(args.model, args.task, args.split, limit=args.limit, tag=args.tag, t_conv=args.t_conv,
                    glue_dir=args.glue_dir, backend=args.backend, batch_size=args.batch_size,
-                   parity=not args.no_parity, progress=True)
+                   parity=not args.no_parity, pack=args.pack, window_tokens=args.window, progress=True)
     print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}: "
           f"metrics={res['metrics']} agreement={res['prediction_agreement']} "
           f"count_match={res['spike_count_match']} {res['sentences_per_s']:.2f} sent/s")

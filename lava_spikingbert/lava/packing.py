@@ -21,7 +21,7 @@ import numpy as np
 
 @dataclass
 class PackedBatch:
-    emb: np.ndarray        # (W, window_tokens, H) float32 embedding currents
+    emb: np.ndarray        # (W, window_tokens, H) embedding currents (the input's float dtype)
     allowed: np.ndarray    # (W, window_tokens, window_tokens) uint8: query may attend key
     cls_index: np.ndarray  # (W, S) position of each slot's [CLS] in its window, -1 = empty slot
     window: np.ndarray     # (N,) window of each sentence
@@ -47,7 +47,9 @@ class PackedBatch:
 
 def pack_sentences(emb_current: np.ndarray, attention_mask: np.ndarray, window_tokens: int) -> PackedBatch:
     """(N, L, H) currents + (N, L) right-padded 0/1 masks -> windows of ``window_tokens`` tokens."""
-    emb = np.asarray(emb_current, dtype=np.float32)
+    emb = np.asarray(emb_current)
+    # float64 stays float64: the fixed_pt input is an integer grid that the builder keeps in float64
+    emb = emb if emb.dtype in (np.float32, np.float64) else emb.astype(np.float32)
     mask = np.asarray(attention_mask)
     if emb.ndim != 3 or mask.shape != emb.shape[:2]:
         raise ValueError(f"emb_current (N, L, H) and attention_mask (N, L) expected, got {emb.shape}, {mask.shape}")
@@ -74,7 +76,7 @@ def pack_sentences(emb_current: np.ndarray, attention_mask: np.ndarray, window_t
         members[w].append(int(i))
         window[i] = w
     n_win, n_slots = len(members), max(len(m) for m in members)
-    out_emb = np.zeros((n_win, window_tokens, h), dtype=np.float32)
+    out_emb = np.zeros((n_win, window_tokens, h), dtype=emb.dtype)
     allowed = np.zeros((n_win, window_tokens, window_tokens), dtype=np.uint8)
     cls_index = -np.ones((n_win, n_slots), dtype=np.int64)
     slot = np.zeros(n, dtype=np.int64)
