@@ -300,15 +300,18 @@ def shutdown(process, guard: "ChildGuard | None" = None, stop_timeout: float = 6
     return stopped and not killed
 
 
-def run_network(net: LavaNetwork, *, timeout: float | None = None, stop_timeout: float = 60.0) -> LavaRunResult:
+def run_network(net: LavaNetwork, *, timeout: float | None = None, stop_timeout: float = 60.0,
+                run_cfg=None) -> LavaRunResult:
     """Compile, run ``net.num_steps`` steps, read counts, compute logits; always clean up.
+
+    ``run_cfg``: default ``sim_run_config(net.tag)`` (Loihi2SimCfg); ``loihi2_run_config`` for a chip.
 
     Raises ``LavaRunError`` (with the model traceback) if a ProcessModel fails, or if the run
     exceeds ``timeout`` seconds; no child process survives either way.
     """
     from lava.magma.core.run_conditions import RunSteps
 
-    cfg = sim_run_config(getattr(net, "tag", "floating_pt"))
+    cfg = run_cfg if run_cfg is not None else sim_run_config(getattr(net, "tag", "floating_pt"))
     guard = ChildGuard()
     root = net.root
     timings: dict[str, float] = {}
@@ -340,12 +343,14 @@ def run_network(net: LavaNetwork, *, timeout: float | None = None, stop_timeout:
 
 
 def run_batch(params: LavaModelParams, emb_current: np.ndarray, attention_mask: np.ndarray | None = None,
-              *, timeout: float | None = None, stop_timeout: float = 60.0, **build_kwargs) -> LavaRunResult:
-    """Build and run one batch (see ``builder.build_network`` for ``build_kwargs``)."""
+              *, timeout: float | None = None, stop_timeout: float = 60.0, run_cfg=None,
+              **build_kwargs) -> LavaRunResult:
+    """Build and run one batch (see ``builder.build_network`` for ``build_kwargs``; ``run_network``
+    for ``run_cfg``)."""
     t0 = time.perf_counter()
     net = build_network(params, emb_current, attention_mask, **build_kwargs)
     build_s = time.perf_counter() - t0
-    result = run_network(net, timeout=timeout, stop_timeout=stop_timeout)
+    result = run_network(net, timeout=timeout, stop_timeout=stop_timeout, run_cfg=run_cfg)
     result.timings["build_s"] = build_s
     return result
 
