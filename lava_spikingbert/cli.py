@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="several sentences side by side per window (block-diagonal attention; default): "
                         "fewer simulated steps. --no-pack: one sentence per window")
     p.add_argument("--window", type=int, default=None, help="tokens per packed window (default 128)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Lava runs in this many parallel worker processes (for machines with more cores)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch reference")
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_lava)

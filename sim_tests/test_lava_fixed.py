@@ -192,3 +192,26 @@ def test_cli_lava_loihi2_without_lava_loihi_says_so_and_simulates(tmp_path, cli_
     out = json.loads(js.read_text())
     assert out["backend"] == "lava-sim" and out["requested_backend"] == "loihi2"
     assert "Loihi2SimCfg" in out["backend_note"] and out["n"] == 2
+
+@pytest.mark.lava
+def test_evaluate_with_parallel_workers_matches_one_process(cli_model):
+    """Two worker processes (each with its own Lava runtimes) give the same predictions and exact
+    parity as one process, and leave no process behind."""
+    import psutil
+
+    from lava_spikingbert.lava.evaluate import evaluate
+
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    kw = dict(task="sst2", split="dev", limit=4, tag="fixed_pt", t_conv=4, glue_dir=str(cli_model / "glue"),
+              pack=False, batch_size=1)
+    one = evaluate(cli_model / "tiny.h5", workers=1, **kw)
+    two = evaluate(cli_model / "tiny.h5", workers=2, **kw)
+    assert two["workers"] == 2 and two["lava_runs"] == 4
+    assert two["spike_count_match"] == 1.0 and two["prediction_agreement"] == 1.0
+    assert two["metrics"] == one["metrics"]
+    assert two["per_population_asr_diff"] == one["per_population_asr_diff"]
+    from lava_spikingbert.lava.runner import _is_resource_tracker  # shared helper, exits with this process
+
+    left = [c for c in psutil.Process().children(recursive=True) if c.pid not in before and c.is_running()
+            and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)]
+    assert not left, [c.cmdline() for c in left]

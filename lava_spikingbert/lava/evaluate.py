@@ -128,6 +128,8 @@ class LavaRun:
     slot: np.ndarray       # (S,) slot of each sentence in its window (0 when unpacked)
     start: np.ndarray      # (S,) first token of each sentence in its window (0 when unpacked)
     cls_index: np.ndarray  # (W, slots) [CLS] position of each slot, -1 = empty (record index array)
+    ids: list[np.ndarray]    # (S,) token ids of each sentence (the torch reference pads them itself)
+    types: list[np.ndarray]  # (S,) token type ids
 
 
 def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray], batch_size: int,
@@ -146,7 +148,7 @@ def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray]
             types, _ = pad([all_types[i] for i in idx])
             zeros = np.zeros(len(idx), np.int64)
             yield LavaRun(idx, lava_input(mf, params, ids, types), mask, np.arange(len(idx)), zeros, zeros,
-                          np.zeros((len(idx), 1), np.int64))
+                          np.zeros((len(idx), 1), np.int64), [all_ids[i] for i in idx], [all_types[i] for i in idx])
         return
     from lava_spikingbert.lava.packing import pack_sentences
 
@@ -159,13 +161,86 @@ def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray]
     packed = pack_sentences(lava_input(mf, params, ids, types), mask, window_tokens)
     for first in range(0, packed.n_windows, batch_size):
         sub, idx = packed.select(np.arange(first, min(first + batch_size, packed.n_windows)))
-        yield LavaRun(idx, sub.emb, sub.allowed, sub.window, sub.slot, sub.start, sub.cls_index)
+        yield LavaRun(idx, sub.emb, sub.allowed, sub.window, sub.slot, sub.start, sub.cls_index,
+                      [all_ids[i] for i in idx], [all_types[i] for i in idx])
+
+
+@dataclass
+class RunOutcome:
+    """What one Lava run contributes to the result (small: no spike counts)."""
+
+    sentences: np.ndarray
+    logits: np.ndarray
+    ref_logits: np.ndarray | None
+    match: np.ndarray | None                  # per sentence: identical counts in every population
+    asr_diff: dict[str, tuple[float, float]]  # name -> (sum |dASR|, elements)
+    lava_s: float
+    ref_s: float
+    steps: int
+    windows: int
+
+
+def process_run(mf, params, run: LavaRun, *, tag: str, t_conv: int, parity: bool, timeout: float | None = None,
+                run_cfg=None) -> RunOutcome:
+    """Simulate one run with Lava; with ``parity`` also the torch reference on the same sentences,
+    compared per sentence on its real tokens in every population."""
+    from lava_spikingbert.lava.runner import run_batch
+
+    T = t_conv
+    out_name = f"layer{params.num_hidden_layers - 1}.output"
+    record = "all" if parity else {out_name: run.cls_index}
+    t0 = time.perf_counter()
+    res = run_batch(params, run.emb, run.mask, t_steps=T, record=record, timeout=timeout, run_cfg=run_cfg)
+    lava_s = time.perf_counter() - t0
+    cls = res.counts[out_name][run.window, run.start] if parity else res.counts[out_name][run.window, run.slot]
+    logits = params.logits_from_asr(cls.astype(np.float32) / np.float32(T))
+    outcome = RunOutcome(run.sentences, logits, None, None, {}, lava_s, 0.0, res.num_steps, run.emb.shape[0])
+    if not parity:
+        return outcome
+    ids, mask = pad(run.ids)
+    types, _ = pad(run.types)
+    packed = run.mask.ndim == 3
+    emb = lava_input(mf, params, ids, types) if packed else run.emb
+    t0 = time.perf_counter()
+    ref_counts, outcome.ref_logits = reference_counts(mf, tag, emb, ids, mask, types, T)
+    outcome.ref_s = time.perf_counter() - t0
+    lengths = mask.sum(1)
+    outcome.match = np.ones(len(run.sentences), bool)
+    diff = {name: [0.0, 0.0] for name in res.counts}
+    for j in range(len(run.sentences)):  # real tokens only: padding has no meaning in a packed window
+        w, s, m = run.window[j], run.start[j], lengths[j]
+        for name, c in res.counts.items():
+            d = np.abs(c[w, s:s + m] - ref_counts[name][j, :m])
+            outcome.match[j] &= not d.any()
+            diff[name][0] += float(d.sum()) / T
+            diff[name][1] += float(d.size)
+    outcome.asr_diff = {k: (v[0], v[1]) for k, v in diff.items()}
+    return outcome
+
+
+_WORKER: dict[str, ty.Any] = {}
+
+
+def _worker_init(model: str, tag: str) -> None:
+    """Worker process: load the model file once."""
+    import multiprocessing
+
+    # a spawned worker starts with its start method set ("spawn"), and lava-nc's import sets "fork"
+    # without force, which raises: clear it (public API) so that Lava's own choice applies here
+    multiprocessing.set_start_method(None, force=True)
+    import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
+    mf = load_file(model)
+    _WORKER.update(mf=mf, params=lava_params(mf, tag))
+
+
+def _worker_run(run: LavaRun, kwargs: dict) -> RunOutcome:
+    return process_run(_WORKER["mf"], _WORKER["params"], run, **kwargs)
 
 
 def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit: int | None = None,
              tag: str = "fixed_pt", t_conv: int | None = None, glue_dir: str | None = None,
              backend: str = "sim", batch_size: int = 16, parity: bool = True, pack: bool = True,
-             window_tokens: int | None = None, timeout: float | None = None,
+             window_tokens: int | None = None, workers: int = 1, timeout: float | None = None,
              progress: bool = False) -> dict[str, ty.Any]:
     """Classify a GLUE split with the Lava simulator; with ``parity``, compare every sentence's
     per-population spike counts (real tokens) and prediction with the torch reference on the same
@@ -174,8 +249,6 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     from tqdm.auto import tqdm
 
     from training.data import compute_metrics, get_task, load_glue  # no torch at module level
-
-    from lava_spikingbert.lava.runner import run_batch
 
     if backend not in ("sim", "loihi2"):
         raise ValueError(f"backend must be sim or loihi2, got {backend!r}")
@@ -192,6 +265,10 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
         backend_note = "Loihi2HwCfg; not validated on hardware (docs/loihi2.md)"
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if workers <= 0:
+        raise ValueError(f"--workers must be positive, got {workers}")
+    if workers > 1 and run_cfg is not None:  # pragma: no cover - needs lava-loihi
+        raise ValueError("--workers > 1 runs on the simulator only")
     mf = load_file(model)
     params = lava_params(mf, tag)
     T = int(t_conv or params.t_conv)
@@ -205,7 +282,6 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     tok = file_tokenizer(mf, max_len)
     all_ids, all_types = tokenize(tok, examples)
     n = len(examples)
-    out_name = f"layer{params.num_hidden_layers - 1}.output"
     logits = np.zeros((n, params.num_labels))
     ref_logits = np.zeros((n, params.num_labels))
     match = np.zeros(n, bool)
@@ -217,38 +293,38 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     # tqdm's bar fixes it (multiprocessing lock), so Lava must be imported first
     import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
     bar = tqdm(total=n, desc=f"lava {tag}{' packed' if pack else ''}", unit="sentence", disable=not progress)
-    for run in plan_runs(mf, params, all_ids, all_types, batch_size, pack, window_tokens):
-        record = "all" if parity else {out_name: run.cls_index}
-        t0 = time.perf_counter()
-        res = run_batch(params, run.emb, run.mask, t_steps=T, record=record, timeout=timeout, run_cfg=run_cfg)
-        lava_s += time.perf_counter() - t0
-        steps, n_runs, n_windows = steps + res.num_steps, n_runs + 1, n_windows + run.emb.shape[0]
-        cls = (res.counts[out_name][run.window, run.start] if parity
-               else res.counts[out_name][run.window, run.slot])
-        logits[run.sentences] = params.logits_from_asr(cls.astype(np.float32) / np.float32(T))
-        if parity:
-            ids, mask = pad([all_ids[i] for i in run.sentences])
-            types, _ = pad([all_types[i] for i in run.sentences])
-            emb = run.emb if not pack else lava_input(mf, params, ids, types)
-            t0 = time.perf_counter()
-            ref_counts, ref_log = reference_counts(mf, tag, emb, ids, mask, types, T)
-            ref_s += time.perf_counter() - t0
-            ref_logits[run.sentences] = ref_log
-            lengths = mask.sum(1)
-            for j, i in enumerate(run.sentences):  # real tokens only: padding has no meaning in a packed window
-                w, s, m = run.window[j], run.start[j], lengths[j]
-                ok = True
-                for name, c in res.counts.items():
-                    d = np.abs(c[w, s:s + m] - ref_counts[name][j, :m])
-                    ok &= not d.any()
+    kwargs = dict(tag=tag, t_conv=T, parity=parity, timeout=timeout)
+    runs = plan_runs(mf, params, all_ids, all_types, batch_size, pack, window_tokens)
+    pool = None
+    try:
+        if workers > 1:
+            import concurrent.futures as cf
+            import multiprocessing
+
+            # fresh interpreters (spawn), not daemonic: each worker starts its own Lava runtimes
+            pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_worker_init, initargs=(str(model), tag))
+            outcomes = (f.result() for f in cf.as_completed([pool.submit(_worker_run, r, kwargs) for r in runs]))
+        else:
+            outcomes = (process_run(mf, params, r, run_cfg=run_cfg, **kwargs) for r in runs)
+        for o in outcomes:
+            logits[o.sentences] = o.logits
+            lava_s, ref_s = lava_s + o.lava_s, ref_s + o.ref_s
+            steps, n_runs, n_windows = steps + o.steps, n_runs + 1, n_windows + o.windows
+            if parity:
+                ref_logits[o.sentences] = o.ref_logits
+                match[o.sentences] = o.match
+                for name, (d, size) in o.asr_diff.items():
                     acc = asr_diff.setdefault(name, [0.0, 0.0])
-                    acc[0] += float(d.sum()) / T
-                    acc[1] += float(d.size)
-                match[i] = ok
-        done[run.sentences] = True
-        bar.update(len(run.sentences))
-        if parity:
-            bar.set_postfix(count_match=f"{match[done].mean():.4f}")
+                    acc[0] += d
+                    acc[1] += size
+            done[o.sentences] = True
+            bar.update(len(o.sentences))
+            if parity:
+                bar.set_postfix(count_match=f"{match[done].mean():.4f}")
+    finally:
+        if pool is not None:  # on an error: drop the queued runs, wait for the running ones (their stop())
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     wall = time.perf_counter() - t_start
     preds = logits.argmax(-1) if not spec.is_regression else logits[:, 0]
@@ -263,7 +339,9 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
         "spike_count_match": float(match.mean()) if parity else None,
         "per_population_asr_diff": ({k: v[0] / max(v[1], 1.0) for k, v in asr_diff.items()}
                                     if parity else None),  # mean over real tokens x neurons
-        "sentences_per_s": n / lava_s if lava_s > 0 else None,
+        # one process: sentences per second of Lava time; with workers the runs overlap (lava_s sums the
+        # workers' Lava time), so the elapsed time is the honest measure
+        "sentences_per_s": (n / wall if workers > 1 else n / lava_s) if lava_s > 0 else None, "workers": workers,
         "wall_s": wall, "lava_s": lava_s, "model": str(model),
         # the torch reference on the same sentences (unpacked, padded per run): its speed for comparison
         "reference_s": ref_s if parity else None,
@@ -277,7 +355,8 @@ def cmd_lava(args) -> int:
     """CLI entry (``spikingbert lava``)."""
     res = evaluate(args.model, args.task, args.split, limit=args.limit, tag=args.tag, t_conv=args.t_conv,
                    glue_dir=args.glue_dir, backend=args.backend, batch_size=args.batch_size,
-                   parity=not args.no_parity, pack=args.pack, window_tokens=args.window, progress=True)
+                   parity=not args.no_parity, pack=args.pack, window_tokens=args.window, workers=args.workers,
+                   progress=True)
     print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}: "
           f"metrics={res['metrics']} agreement={res['prediction_agreement']} "
           f"count_match={res['spike_count_match']} {res['sentences_per_s']:.2f} sent/s")
