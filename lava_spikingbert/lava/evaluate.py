@@ -12,7 +12,9 @@ Schedule: by default sentences are packed side by side into windows of 128 token
 block-diagonal attention mask (``packing``; ``--batch-size`` windows per Lava run), which cuts the
 simulated steps about five-fold on SST-2; ``--no-pack`` streams one sentence per window
 (``--batch-size`` sentences per run, padded to the run's longest). Parity is checked per sentence
-on its real tokens in every population either way.
+on its real tokens in every population either way. ``--workers N`` spreads the runs over N
+spawned worker processes, each with its own Lava runtimes (for machines with more than 2 cores;
+here the ~60 Lava processes of one run already fill both cores).
 
 Backends: ``sim`` (Loihi2SimCfg, CPU). ``loihi2``: with lava-loihi installed
 (``lava.utils.loihi.is_installed()``) the same graph runs under ``runner.loihi2_run_config``
