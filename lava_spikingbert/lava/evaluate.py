@@ -136,11 +136,13 @@ class LavaRun:
 
 def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray], batch_size: int,
               pack: bool, window_tokens: int | None) -> ty.Iterator[LavaRun]:
-    """Lava runs over all sentences, shortest first.
+    """Lava runs over all sentences.
 
-    Unpacked: ``batch_size`` sentences per run, one per window, padded to the run's longest.
+    Unpacked: ``batch_size`` sentences per run (shortest first), one per window, padded to the
+    run's longest.
     Packed: sentences side by side in windows of ``window_tokens`` tokens (default: 128 or the
-    longest sentence) with block-diagonal attention (``packing``), ``batch_size`` windows per run.
+    longest sentence) with block-diagonal attention (``packing``, first-fit by decreasing length),
+    ``batch_size`` windows per run in packing order.
     """
     order = np.argsort([len(s) for s in all_ids], kind="stable")
     if not pack:
