@@ -144,15 +144,16 @@ def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray]
     longest sentence) with block-diagonal attention (``packing``, first-fit by decreasing length),
     ``batch_size`` windows per run in packing order.
     """
-    order = np.argsort([len(s) for s in all_ids], kind="stable")
     if not pack:
+        order = np.argsort([len(s) for s in all_ids], kind="stable")
         for first in range(0, len(order), batch_size):
             idx = order[first:first + batch_size]
-            ids, mask = pad([all_ids[i] for i in idx])
-            types, _ = pad([all_types[i] for i in idx])
+            run_ids, run_types = [all_ids[i] for i in idx], [all_types[i] for i in idx]
+            ids, mask = pad(run_ids)
+            types, _ = pad(run_types)
             zeros = np.zeros(len(idx), np.int64)
             yield LavaRun(idx, lava_input(mf, params, ids, types), mask, np.arange(len(idx)), zeros, zeros,
-                          np.zeros((len(idx), 1), np.int64), [all_ids[i] for i in idx], [all_types[i] for i in idx])
+                          np.zeros((len(idx), 1), np.int64), run_ids, run_types)
         return
     from lava_spikingbert.lava.packing import pack_sentences
 
@@ -163,8 +164,7 @@ def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray]
     ids, mask = pad(all_ids)
     types, _ = pad(all_types)
     packed = pack_sentences(lava_input(mf, params, ids, types), mask, window_tokens)
-    for first in range(0, packed.n_windows, batch_size):
-        sub, idx = packed.select(np.arange(first, min(first + batch_size, packed.n_windows)))
+    for sub, idx in packed.chunks(batch_size):
         yield LavaRun(idx, sub.emb, sub.allowed, sub.window, sub.slot, sub.start, sub.cls_index,
                       [all_ids[i] for i in idx], [all_types[i] for i in idx])
 
@@ -177,7 +177,7 @@ class RunOutcome:
     logits: np.ndarray
     ref_logits: np.ndarray | None
     match: np.ndarray | None                  # per sentence: identical counts in every population
-    asr_diff: dict[str, tuple[float, float]]  # name -> (sum |dASR|, elements)
+    asr_diff: dict[str, list[float]]  # name -> [sum |dASR|, elements]
     lava_s: float
     ref_s: float
     steps: int
@@ -210,7 +210,7 @@ def process_run(mf, params, run: LavaRun, *, tag: str, t_conv: int, parity: bool
     outcome.ref_s = time.perf_counter() - t0
     lengths = mask.sum(1)
     outcome.match = np.ones(len(run.sentences), bool)
-    diff = {name: [0.0, 0.0] for name in res.counts}
+    diff = outcome.asr_diff = {name: [0.0, 0.0] for name in res.counts}
     for j in range(len(run.sentences)):  # real tokens only: padding has no meaning in a packed window
         w, s, m = run.window[j], run.start[j], lengths[j]
         for name, c in res.counts.items():
@@ -218,7 +218,6 @@ def process_run(mf, params, run: LavaRun, *, tag: str, t_conv: int, parity: bool
             outcome.match[j] &= not d.any()
             diff[name][0] += float(d.sum()) / T
             diff[name][1] += float(d.size)
-    outcome.asr_diff = {k: (v[0], v[1]) for k, v in diff.items()}
     return outcome
 
 

@@ -44,6 +44,11 @@ class PackedBatch:
                           window=remap[self.window[keep]], slot=self.slot[keep], start=self.start[keep],
                            length=self.length[keep]), keep
 
+    def chunks(self, max_windows: int):
+        """``select`` over consecutive groups of at most ``max_windows`` windows (one Lava run each)."""
+        for first in range(0, self.n_windows, max_windows):
+            yield self.select(np.arange(first, min(first + max_windows, self.n_windows)))
+
 
 def pack_sentences(emb_current: np.ndarray, attention_mask: np.ndarray, window_tokens: int) -> PackedBatch:
     """(N, L, H) currents + (N, L) right-padded 0/1 masks -> windows of ``window_tokens`` tokens."""

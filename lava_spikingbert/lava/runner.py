@@ -432,8 +432,7 @@ def run_dataset(params: LavaModelParams, emb_current: np.ndarray, attention_mask
 
     if pack:
         packed = pack_sentences(emb, mask, int(window_tokens or max(128, int(lengths.max()))))
-        for first in range(0, packed.n_windows, max_windows):
-            sub, sentences = packed.select(np.arange(first, min(first + max_windows, packed.n_windows)))
+        for sub, sentences in packed.chunks(max_windows):
             res = run_batch(params, sub.emb, sub.allowed, record={out_name: sub.cls_index}, **build_kwargs)
             cls[sentences] = res.counts[out_name][sub.window, sub.slot]
             report(dict(sentences=len(sentences), windows=sub.n_windows, length=sub.emb.shape[1],
