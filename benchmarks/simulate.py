@@ -15,7 +15,10 @@ and the same IF dynamics (u += I; s = u >= vth; u -= vth * s); they differ only 
 (b) ours: length buckets (sentences sorted by length, batches of at most 32 sentences of the
     same length, so nothing is padded; ``--mixed-lengths``: plain batches of 32 of the sorted
     order, padded to the longest) + ``SpikingBert.predict_logits`` (population-major chunks of
-    time steps, the last layer computed for [CLS] only, in-place membrane loop).
+    time steps, the last layer computed for [CLS] only, in-place membrane loop). With quantized
+    synapses (a QAT checkpoint, or ``--quantize``) ours multiplies the binary spikes with the int8
+    weight codes (``torch._int_mm``, exact integer sums); the reference keeps float products of
+    the same Q(W), as the reference code would (``--float-synapses`` turns ours to float too).
 
 Timing: ``--reference-limit`` sentences (default 96 = 3 full batches; each reference batch costs
 the same because every sentence is padded to 128 tokens, so a subset measures its throughput
@@ -111,12 +114,12 @@ def split_evenly(items: list, parts: int) -> list[list]:
     return out
 
 
-def profile_batch(model, batch, t_conv: int) -> str:
+def profile_batch(model, batch, t_conv: int, integer: bool = True) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     ids, mask, tt = batch
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        model.predict_logits(ids, mask, tt, t_conv)
+        model.predict_logits(ids, mask, tt, t_conv, integer_synapses=integer)
     return prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=28, max_shapes_column_width=60)
 
@@ -134,6 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mixed-lengths", action="store_true",
                         help="ours: cut the length-sorted sentences into batches of --batch-size regardless of "
                              "length (padding to the longest) instead of equal-length buckets")
+    parser.add_argument("--quantize", default=None, choices=("int8", "ternary", "binary"),
+                        help="quantize the synapses of the benchmarked model first (post-training; a QAT "
+                             "checkpoint already carries its weight mode); both schedules use the same Q(W)")
+    parser.add_argument("--float-synapses", action="store_true",
+                        help="ours: float matrix products also for quantized synapses (no int8 kernels)")
     parser.add_argument("--reference-extras", action="store_true",
                         help="also time the reference loop with its per-step extras (leak multiply, "
                              "attention-score sums, diagnostics) on the same sentences")
@@ -141,12 +149,17 @@ def main(argv: list[str] | None = None) -> dict:
     C.setup_torch(args.threads)
 
     model, weights = C.build_model(args)
+    if args.quantize:
+        from lava_spikingbert.quantizers import attach_weight_quantizers
+        attach_weight_quantizers(model, args.quantize)
+        weights += f", synapses quantized post-training to {args.quantize}"
+    integer = model.config.weights != "fp32" and not args.float_synapses
     data = C.load_sst2("dev", args.glue_dir, args.limit)
     ids = C.tokenize([s for s, _ in data], max_length=args.pad_to)
     n = len(ids)
     n_ref = n if not args.reference_limit else min(args.reference_limit, n)
     T, bs = args.t_conv, args.batch_size
-    print(f"weights: {weights}")
+    print(f"weights: {weights}; ours with {'int8' if integer else 'float'} synaptic products of the spikes")
     print(f"{n} SST-2 dev sentences for ours, {n_ref} for the reference; T={T}; batch {bs}; "
           f"{sum(map(len, ids))} real tokens; threads {torch.get_num_threads()}")
 
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         reference_logits(model, *ref_batches[0][1], 2, extras=args.reference_extras)
         for _, batch in sorted(ours_batches, key=lambda ib: -ib[1][0].numel())[:2]:
-            model.predict_logits(*batch, t_conv=2)
+            model.predict_logits(*batch, t_conv=2, integer_synapses=integer)
 
     ours_logits = torch.empty(n, model.config.num_labels)
     ref_logits = torch.empty(n_ref, model.config.num_labels)
@@ -181,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             c_lit += time.process_time() - cpu
         for idx, batch in group:
             start, cpu = time.perf_counter(), time.process_time()
-            out = model.predict_logits(*batch, t_conv=T)
+            out = model.predict_logits(*batch, t_conv=T, integer_synapses=integer)
             t_ours += time.perf_counter() - start
             c_ours += time.process_time() - cpu
             ours_logits[idx] = out
@@ -209,13 +222,15 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_accuracy": ours_acc, "reference_accuracy_on_its_subset": ref_acc,
         "tokens_per_sentence": {"reference": ref_tokens / n_ref, "ours_padded": our_tokens / n,
                                 "real": sum(map(len, ids)) / n},
-        "weights": weights, "target_speedup": 10.0, "ours_batches": len(ours_batches),
+        "weights": weights, "weight_mode": model.config.weights, "integer_synapses": integer,
+        "target_speedup": 10.0, "ours_batches": len(ours_batches),
         "ours_batching": "sorted, mixed lengths" if args.mixed_lengths else "equal-length buckets",
         "target_met": ours_sps / ref_sps >= 10.0,
         **C.run_info(args),
     }
     rows = [["(a) reference: pad 128, step-major, dense", n_ref, t_ref, c_ref, ref_sps, ref_tokens / n_ref],
-            [f"(b) ours: {'sorted batches' if args.mixed_lengths else 'equal-length buckets'} + predict_logits",
+            [f"(b) ours: {'sorted batches' if args.mixed_lengths else 'equal-length buckets'} + predict_logits"
+             + (" (int8 products)" if integer else ""),
              n, t_ours, c_ours, ours_sps, our_tokens / n]]
     if args.reference_extras:
         result.update({"reference_extras_sps": n_ref / t_lit, "reference_extras_seconds": t_lit,
@@ -233,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"max |logit diff| {max_diff:.3g}")
     print(f"dev accuracy: ours {ours_acc:.4f} on {n} sentences; reference {ref_acc:.4f} on its {n_ref}")
     if args.profile:
-        print(profile_batch(model, ours_batches[len(ours_batches) // 2][1], T))
+        print(profile_batch(model, ours_batches[len(ours_batches) // 2][1], T, integer))
     C.write_json(args.json, result)
     return result
 

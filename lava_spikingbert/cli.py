@@ -62,7 +62,7 @@ def cmd_teacher(args) -> int:
     result = finetune_teacher(spec, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
                               limit_train=args.limit_train, limit_eval=args.limit, resume=args.resume,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, eval_every=args.eval_every)
     dev = result.get("dev") or {}
     print(f"teacher dev {spec.main_metric}: {dev.get(spec.main_metric)}  ->  {args.out}")
     _write_json(args.json, {"task": spec.name, "split": "dev", "n": result.get("dev_n"), "metrics": dev,
@@ -105,7 +105,8 @@ def cmd_distill(args) -> int:
                              head_lr=args.head_lr, t_conv=args.train_t_conv, eval_every=args.eval_every,
                              temperature=args.temperature,
                              gold_labels=args.gold_labels, seed=args.seed, weights=args.weights, layer_map=layer_map,
-                             checkpoint_every=args.checkpoint_every, run_steps=args.run_steps)
+                             checkpoint_every=args.checkpoint_every, run_steps=args.run_steps,
+                             att_weight=args.att_weight, rep_weight=args.rep_weight)
     result = run_stage(settings, student, teacher, train, args.out, tokenizer=tokenizer, spec=spec, dev=dev,
                        resume=args.resume, dist=dist)
     if dist.is_main:
@@ -197,10 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--teacher", default=None, help="local HF BERT directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--epochs", type=float, default=3, help="may be fractional (stops mid-epoch)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="also evaluate on dev every N steps; the best dev checkpoint is kept")
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="dev sentences")
     p.add_argument("--seed", type=int, default=42)
@@ -231,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--att-weight", type=float, default=1.0, help="internal-layer KD: weight of the attention MSE")
+    p.add_argument("--rep-weight", type=float, default=1.0, help="internal-layer KD: weight of the hidden-state MSE")
     p.add_argument("--gold-labels", action="store_true", help="prediction stage: train on gold labels")
     p.add_argument("--corpus", default=None, help="general stage: plain-text file, one sentence per line")
     p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))

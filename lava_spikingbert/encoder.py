@@ -22,6 +22,7 @@ type embedding). The classifier reads the [CLS] ASR of the last layer's output p
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -49,17 +50,87 @@ def hidden_tap_names(num_layers: int) -> list[str]:
 
 
 class SynapseLinear(nn.Linear):
-    """A linear synapse; ``weight_quantizer`` (set by quantization) maps latent to used weights."""
+    """A linear synapse; ``weight_quantizer`` (set by quantization) maps latent to used weights.
+
+    While ``binary_input`` is set (by ``SpikingBert.simulate``: the inputs are spikes, 0 or 1)
+    and no gradient is recorded, a quantized synapse computes ``W x + b`` as an int8 x int8 ->
+    int32 matrix product of the spikes and the weight codes, then ``b + step * acc``. The
+    integer sum is exact, so this is the same map as ``F.linear`` on ``Q(W)`` up to the
+    rounding of the float accumulation (identical when the float sum is exact too), and the
+    integer kernel runs about twice as fast on AVX2.
+    """
 
     weight_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
+    binary_input: bool = False
+    _q_cache: tuple | None = None  # (weight key, Q(W)) for use without autograd
+    _int8_cache: tuple | None = None  # (weight key, (codes transposed, step) or None)
+
+    def _weight_key(self) -> tuple:
+        # changes with every in-place update (optimizer step, load_state_dict) and with .to()
+        w = self.weight
+        return (w._version, w.data_ptr(), w.dtype, self.weight_quantizer)
 
     def synaptic_weight(self) -> torch.Tensor:
         if self.weight_quantizer is None:
             return self.weight
-        return self.weight_quantizer(self.weight)
+        if torch.is_grad_enabled() and self.weight.requires_grad:  # training: straight-through gradient
+            return self.weight_quantizer(self.weight)
+        key = self._weight_key()  # inference: quantize once, not at every time step
+        if self._q_cache is None or self._q_cache[0] != key:
+            self._q_cache = (key, self.weight_quantizer.quantize(self.weight.detach()))
+        return self._q_cache[1]
+
+    def int8_weight(self) -> tuple[torch.Tensor, float] | None:
+        """(int8 codes as an ``in x out`` view, step) of the quantized weight, cached until it changes."""
+        from lava_spikingbert.quantizers import int8_codes
+
+        key = self._weight_key()
+        if self._int8_cache is None or self._int8_cache[0] != key:
+            op = int8_codes(self.weight_quantizer.integer(self.weight))
+            # the transposed view of the row-major (out x in) codes: oneDNN's int8 kernel runs
+            # about twice as fast with this operand column-major
+            self._int8_cache = (key, None if op is None else (op[0].contiguous().t(), op[1]))
+        return self._int8_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.binary_input and self.weight_quantizer is not None and not torch.is_grad_enabled() \
+                and x.device.type == "cpu":
+            op = self.int8_weight()
+            if op is not None:
+                codes_t, step = op
+                acc = torch._int_mm(_spike_codes(x), codes_t)
+                out = acc.to(x.dtype).mul_(step) if self.bias is None else torch.add(self.bias.to(x.dtype), acc,
+                                                                                      alpha=step)
+                return out.view(*x.shape[:-1], out.shape[-1])
         return F.linear(x, self.synaptic_weight(), self.bias)
+
+
+# the last spike tensor converted to int8 (query, key and value read the same spikes): the tensor
+# itself is held, so an identity + version match cannot be a recycled address
+_last_spike_codes: list = []
+
+
+def _spike_codes(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (0/1 spikes) as a 2-D int8 matrix."""
+    if _last_spike_codes and _last_spike_codes[0] is x and _last_spike_codes[1] == x._version:
+        return _last_spike_codes[2]
+    codes = x.reshape(-1, x.shape[-1]).to(torch.int8)
+    _last_spike_codes[:] = [x, x._version, codes]
+    return codes
+
+
+@contextmanager
+def binary_synapse_inputs(model: nn.Module, enabled: bool):
+    """Mark every ``SynapseLinear`` of ``model`` as fed by spikes while the block runs."""
+    synapses = [m for m in model.modules() if isinstance(m, SynapseLinear)] if enabled else []
+    for m in synapses:
+        m.binary_input = True
+    try:
+        yield
+    finally:
+        for m in synapses:
+            m.binary_input = False
+        _last_spike_codes.clear()
 
 
 class SharedDropout:
@@ -269,7 +340,7 @@ class SpikingBert(nn.Module):
     def simulate(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, t_conv: int | None = None, *,
                  dropout: SharedDropout = NO_DROPOUT, spike_fn=heaviside, record_scores: bool = True,
                  cls_only: bool = False, chunk_steps: int | None = None,
-                 record_trains: bool = False) -> Activity:
+                 record_trains: bool = False, integer_synapses: bool = True) -> Activity:
         """Run the spiking network for ``t_conv`` steps; returns every population's ASR.
 
         Populations are updated in order within a step, with no delay (the paper's schedule).
@@ -281,7 +352,18 @@ class SpikingBert(nn.Module):
         every allocation, are avoided).
         ``cls_only`` computes the last layer only where the [CLS] readout needs it (inference).
         Call under ``torch.no_grad()`` unless ``spike_fn`` is a surrogate (BPTT baseline).
+        ``integer_synapses``: quantized synapses multiply the binary spikes with int8 kernels
+        (see ``SynapseLinear``; no effect on fp32 weights or when autograd records).
         """
+        binary = integer_synapses and spike_fn is heaviside and not torch.is_grad_enabled()
+        with binary_synapse_inputs(self, binary and self.config.weights != "fp32"):
+            return self._simulate(emb_current, attention_mask, t_conv, dropout=dropout, spike_fn=spike_fn,
+                                  record_scores=record_scores, cls_only=cls_only, chunk_steps=chunk_steps,
+                                  record_trains=record_trains)
+
+    def _simulate(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, t_conv: int | None, *,
+                  dropout: SharedDropout, spike_fn, record_scores: bool, cls_only: bool,
+                  chunk_steps: int | None, record_trains: bool) -> Activity:
         T = int(t_conv or self.config.t_conv)
         if T <= 0:
             raise ValueError(f"t_conv must be positive, got {T}")
@@ -489,11 +571,13 @@ class SpikingBert(nn.Module):
 
     @torch.no_grad()
     def predict_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       token_type_ids: torch.Tensor | None = None, t_conv: int | None = None) -> torch.Tensor:
+                       token_type_ids: torch.Tensor | None = None, t_conv: int | None = None, *,
+                       integer_synapses: bool = True) -> torch.Tensor:
         """Inference: the spiking simulation with the last layer computed for [CLS] only."""
         input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
         emb = self.embedding_current(input_ids, token_type_ids)
-        activity = self.simulate(emb, attention_mask, t_conv, record_scores=False, cls_only=True)
+        activity = self.simulate(emb, attention_mask, t_conv, record_scores=False, cls_only=True,
+                                 integer_synapses=integer_synapses)
         return self.classifier(activity.asr[f"layer{len(self.layers) - 1}.output"][:, 0])
 
     # ------------------------------------------------------------------ checkpoints

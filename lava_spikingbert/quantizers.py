@@ -196,6 +196,24 @@ def make_quantizer(mode: str, vth: float = 1.0) -> WeightQuantizer | None:
         raise ValueError(f"unknown weight mode {mode!r}; choose one of {WEIGHT_MODES}") from None
 
 
+def int8_codes(iw: IntWeights) -> tuple[torch.Tensor, float] | None:
+    """``Q(W) = codes * step`` with ``codes`` in int8, for integer matrix products with spikes.
+
+    ``step`` is the LSB weight times the greatest common divisor of the mantissas (2 for the
+    even MIXED grid, the magnitude for ternary/binary), so the codes are as small as possible.
+    Returns None when they still do not fit in [-128, 127] (e.g. an all-excitatory matrix
+    that uses mantissas above 127).
+    """
+    m = iw.mantissa
+    nonzero = torch.unique(m[m != 0].abs()).tolist()
+    g = math.gcd(*nonzero) if nonzero else 1
+    codes = torch.div(m, g, rounding_mode="floor")
+    if codes.numel() and (int(codes.min()) < -128 or int(codes.max()) > 127):
+        return None
+    step = float(torch.tensor(iw.scale, dtype=torch.float32) * g)
+    return codes.to(torch.int8), step
+
+
 def spiking_synapses(model) -> list[tuple[str, torch.nn.Module]]:
     """``(module name, SynapseLinear)`` of every spiking synapse of a ``SpikingBert``."""
     from lava_spikingbert.encoder import SynapseLinear

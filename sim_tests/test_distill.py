@@ -148,6 +148,19 @@ def test_stage_trains_and_writes_hf_directory(stage, setup, tmp_path, glue_dir):
         assert done["best_dev"] is not None and len(done["history"]) >= 2
 
 
+def test_internal_loss_weights(setup, tmp_path):
+    """rep_weight=0 leaves W_Td (used only by the hidden-state loss) untouched; both 0 is refused."""
+    teacher, tok, spec, train, dev = setup
+    student = new_student(teacher)
+    before = student.fit_dense.weight.detach().clone()
+    settings = StageSettings(stage="intermediate", max_steps=2, batch_size=8, lr=1e-3, t_conv=4, rep_weight=0.0,
+                             weight_decay=0.0)  # (decoupled weight decay would move it anyway)
+    run_stage(settings, student, teacher, train, tmp_path / "att_only", tokenizer=tok, spec=spec, progress=False)
+    assert torch.equal(SpikingBert.from_pretrained(tmp_path / "att_only" / "final").fit_dense.weight, before)
+    with pytest.raises(ValueError, match="rep_weight"):
+        StageSettings(stage="intermediate", max_steps=2, att_weight=0.0, rep_weight=0.0)
+
+
 def test_resume_reaches_the_same_weights(setup, tmp_path):
     teacher, tok, spec, train, dev = setup
     settings = StageSettings(stage="intermediate", max_steps=6, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2)

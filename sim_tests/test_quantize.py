@@ -144,6 +144,43 @@ def test_quantized_model_simulates_its_quantized_weights(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_integer_synapses_give_the_float_result(mode, monkeypatch):
+    """Quantized synapses fed by spikes use int8 x int8 -> int32 products in the simulation; the
+    spike counts equal those of the float product of Q(W), also after the weights change."""
+    calls = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(tuple(a.shape)) or real(a, b))
+    model = tiny_model(weights=mode)
+    ids, mask = tiny_batch()
+
+    def both():
+        emb = model.embedding_current(ids, torch.zeros_like(ids))
+        with torch.no_grad():
+            before = len(calls)
+            fast = model.simulate(emb, mask, 16)
+            used = len(calls) - before
+            slow = model.simulate(emb, mask, 16, integer_synapses=False)
+        assert used > 0 and len(calls) == before + used  # the float run used no integer kernel
+        for k in slow.spike_counts:
+            assert torch.equal(fast.spike_counts[k], slow.spike_counts[k]), k
+        return fast
+
+    first = both()
+    assert sum(float(c.sum()) for c in first.spike_counts.values()) > 0
+    with torch.no_grad():  # an in-place update (as an optimizer step): the cached codes follow it
+        for _, lin in model.synapses():
+            lin.weight.mul_(-1.5)
+    second = both()
+    assert any(not torch.equal(first.spike_counts[k], second.spike_counts[k]) for k in first.spike_counts)
+    assert not any(lin.binary_input for _, lin in model.synapses())
+    n = len(calls)
+    tiny_model().predict_logits(ids, mask)  # fp32 weights: float products
+    with torch.enable_grad():  # the steady-state map (rates, autograd): float products
+        model.steady_state(model.embedding_current(ids, torch.zeros_like(ids)), mask)
+    assert len(calls) == n
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_checkpoint_round_trip_keeps_quantizers(mode, tmp_path):
     model = tiny_model(weights=mode)
     model.save_pretrained(tmp_path / "m")

@@ -165,6 +165,15 @@ def test_finetune_writes_loadable_hf_dir_and_metrics(tiny_teacher, tmp_path):
         _ft(tiny_teacher, glue, out)
 
 
+def test_fractional_epochs_stop_mid_epoch(tiny_teacher, tmp_path):
+    glue = _sst2_fixture(tmp_path / "glue")  # 40 sentences, batch 8: 5 steps per epoch
+    res = _ft(tiny_teacher, glue, tmp_path / "t", epochs=1.5)
+    assert res["completed"] and res["global_step"] == res["total_steps"] == 8
+    assert [h["step"] for h in res["history"]] == [5, 8]  # epoch end + the stop
+    again = _ft(tiny_teacher, glue, tmp_path / "t", epochs=1.5, resume=True)
+    assert again["global_step"] == 8 and again["completed"]
+
+
 def test_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
     glue = _sst2_fixture(tmp_path / "glue")
     full = _ft(tiny_teacher, glue, tmp_path / "full")

@@ -60,6 +60,8 @@ class StageSettings:
     weights: str = "fp32"
     clip_norm: float = 1.0
     layer_map: list[int] | None = None  # student layer i -> teacher layer (1-based)
+    att_weight: float = 1.0  # internal-layer KD loss = att_weight * attention MSE + rep_weight * hidden MSE
+    rep_weight: float = 1.0
     run_steps: int | None = None  # stop (resumably) after this many steps in this call
 
     def __post_init__(self) -> None:
@@ -69,6 +71,9 @@ class StageSettings:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.att_weight < 0 or self.rep_weight < 0 or self.att_weight + self.rep_weight == 0:
+            raise ValueError(f"att_weight and rep_weight must be >= 0 and not both 0, got "
+                             f"{self.att_weight}, {self.rep_weight}")
 
 
 # --------------------------------------------------------------------------- student set-up
@@ -339,7 +344,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
             else:
                 att = attention_loss(out.attention_scores, t_out.attention_scores, layer_map, mask)
                 rep = hidden_loss(out.projected_hidden, t_out.hidden_states, layer_map, mask)
-                loss = att + rep
+                loss = settings.att_weight * att + settings.rep_weight * rep
                 parts = {"att": att.item(), "rep": rep.item()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

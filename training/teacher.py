@@ -373,7 +373,7 @@ def finetune_teacher(
     out_dir: str | os.PathLike,
     glue_dir: str | os.PathLike | None = None,
     teacher_path: str | os.PathLike | None = None,
-    epochs: int = 3,
+    epochs: float = 3,
     lr: float = DEFAULT_LR,
     batch_size: int = 32,
     max_length: int = 64,
@@ -478,7 +478,7 @@ def finetune_teacher(
     )
 
     steps_per_epoch = len(length_bucketed_batches(enc_train, batch_size, True, seed=seed, epoch=0))
-    total_steps = steps_per_epoch * epochs
+    total_steps = max(1, math.ceil(steps_per_epoch * epochs))  # fractional epochs stop mid-epoch
     warmup_steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
     optimizer = make_optimizer(model, lr, weight_decay)
     scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
@@ -577,14 +577,14 @@ def finetune_teacher(
     tty = sys.stderr.isatty()
     stopped = False
     last_eval_step = run["history"][-1]["step"] if run["history"] else -1
-    for epoch in range(run["epoch"], epochs):
+    for epoch in range(run["epoch"], math.ceil(epochs)):
         plan = length_bucketed_batches(enc_train, batch_size, True, seed=seed, epoch=epoch)
         skip = run["step_in_epoch"] if epoch == run["epoch"] else 0
         run["epoch"], run["step_in_epoch"] = epoch, skip
         bar = tqdm(
             total=len(plan),
             initial=skip,
-            desc=f"epoch {epoch + 1}/{epochs}",
+            desc=f"epoch {epoch + 1}/{math.ceil(epochs)}",
             disable=not progress,
             mininterval=0.5 if tty else 30.0,
             dynamic_ncols=True,
@@ -617,6 +617,8 @@ def finetune_teacher(
                 model.train()
             if stop_after_steps is not None and run["global_step"] >= stop_after_steps:
                 stopped = True
+                break
+            if run["global_step"] >= total_steps:
                 break
             if save_state_every and run["global_step"] % save_state_every == 0:
                 save_state()
