@@ -56,8 +56,9 @@ class SynapseLinear(nn.Linear):
     and no gradient is recorded, a quantized synapse computes ``W x + b`` as an int8 x int8 ->
     int32 matrix product of the spikes and the weight codes, then ``b + step * acc``. The
     integer sum is exact, so this is the same map as ``F.linear`` on ``Q(W)`` up to the
-    rounding of the float accumulation (identical when the float sum is exact too), and the
-    integer kernel runs about twice as fast on AVX2.
+    rounding of the float accumulation (identical when the float sum is exact too). On an
+    AVX-512 VNNI Xeon the int8 product alone is about twice as fast as the fp32 one; with the
+    int32 -> float epilogue a whole simulation gains 1.1-1.3x (docs/RESULTS.md, issue 3).
     """
 
     weight_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None

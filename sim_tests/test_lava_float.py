@@ -271,7 +271,11 @@ def test_sentence_counts_do_not_depend_on_stream_position(tiny):
     res = run_batch(tiny["params"], emb[order], mask.numpy()[order], record="all")
     for name, c in res.counts.items():
         np.testing.assert_array_equal(c[0], c[9], err_msg=name)
-    assert res.logits[0].tolist() == res.logits[9].tolist()
+    # the logits come from identical counts through one batched numpy product, whose rounding may
+    # depend on the row's position in the batch (OpenBLAS's AVX-512 kernel: rows 0 and 9 of the
+    # same input differ in the last bit), so they are compared to float32 rounding
+    assert res.predictions[0] == res.predictions[9]
+    np.testing.assert_allclose(res.logits[0], res.logits[9], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.lava
