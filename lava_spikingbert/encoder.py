@@ -63,35 +63,38 @@ class SynapseLinear(nn.Linear):
 
     weight_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
     binary_input: bool = False
-    _q_cache: tuple | None = None  # (weight key, Q(W)) for use without autograd
-    _int8_cache: tuple | None = None  # (weight key, (codes transposed, step) or None)
+    # (weight key, IntWeights, {"q": Q(W), "int8": (codes view, step) or None}) for use without
+    # autograd: quantized once per weight change, not at every time step
+    _quant_cache: tuple | None = None
 
-    def _weight_key(self) -> tuple:
-        # changes with every in-place update (optimizer step, load_state_dict) and with .to()
-        w = self.weight
-        return (w._version, w.data_ptr(), w.dtype, self.weight_quantizer)
+    def _quantized(self) -> tuple:
+        w = self.weight  # the key changes with every in-place update (optimizer step, load) and .to()
+        key = (w._version, w.data_ptr(), w.dtype, self.weight_quantizer)
+        if self._quant_cache is None or self._quant_cache[0] != key:
+            self._quant_cache = (key, self.weight_quantizer.integer(w), {})
+        return self._quant_cache
 
     def synaptic_weight(self) -> torch.Tensor:
         if self.weight_quantizer is None:
             return self.weight
         if torch.is_grad_enabled() and self.weight.requires_grad:  # training: straight-through gradient
             return self.weight_quantizer(self.weight)
-        key = self._weight_key()  # inference: quantize once, not at every time step
-        if self._q_cache is None or self._q_cache[0] != key:
-            self._q_cache = (key, self.weight_quantizer.quantize(self.weight.detach()))
-        return self._q_cache[1]
+        _, iw, derived = self._quantized()
+        if "q" not in derived:  # what WeightQuantizer.quantize returns, from the cached integers
+            derived["q"] = iw.dequantize(self.weight.dtype).to(self.weight.device)
+        return derived["q"]
 
     def int8_weight(self) -> tuple[torch.Tensor, float] | None:
         """(int8 codes as an ``in x out`` view, step) of the quantized weight, cached until it changes."""
         from lava_spikingbert.quantizers import int8_codes
 
-        key = self._weight_key()
-        if self._int8_cache is None or self._int8_cache[0] != key:
-            op = int8_codes(self.weight_quantizer.integer(self.weight))
+        _, iw, derived = self._quantized()
+        if "int8" not in derived:
+            op = int8_codes(iw)
             # the transposed view of the row-major (out x in) codes: oneDNN's int8 kernel runs
             # about twice as fast with this operand column-major
-            self._int8_cache = (key, None if op is None else (op[0].contiguous().t(), op[1]))
-        return self._int8_cache[1]
+            derived["int8"] = None if op is None else (op[0].contiguous().t(), op[1])
+        return derived["int8"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.binary_input and self.weight_quantizer is not None and not torch.is_grad_enabled() \
