@@ -32,7 +32,6 @@ import torch  # noqa: E402
 
 from lava_spikingbert import SpikingBert, SpikingBertConfig  # noqa: E402
 
-MACHINE = "2-core AMD EPYC, AVX2, 24 GiB, CPU only"
 DEFAULT_GLUE = REPO.parent / "shared" / "data" / "glue"
 DEFAULT_GAIN = 3.0
 
@@ -58,13 +57,33 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
 
 
+def machine_description() -> str:
+    """What the numbers were measured on, from /proc/cpuinfo (machines differ between sessions)."""
+    import psutil
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = ("AMX" if "amx_tile" in flags else "AVX-512 VNNI" if "avx512_vnni" in flags
+            else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()}-core {model}, {simd}, {mem:.0f} GiB, CPU only"
+
+
 def run_info(args) -> dict:
     import psutil
 
     return {
         "command": command_line(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": MACHINE,
+        "machine": machine_description(),
         "detected": {
             "cpu_count": os.cpu_count(),
             "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),

@@ -15,10 +15,16 @@ and the same IF dynamics (u += I; s = u >= vth; u -= vth * s); they differ only 
 (b) ours: length buckets (sentences sorted by length, batches of at most 32 sentences of the
     same length, so nothing is padded; ``--mixed-lengths``: plain batches of 32 of the sorted
     order, padded to the longest) + ``SpikingBert.predict_logits`` (population-major chunks of
-    time steps, the last layer computed for [CLS] only, in-place membrane loop). With quantized
+    time steps, the last layer computed for [CLS] only, in-place membrane loop), ``--workers``
+    batches at a time (``lava_spikingbert.inference.predict_batches``: one batch per core, each
+    with one intra-op thread; default: one worker per ``--threads``; 1 = one batch at a time
+    with ``--threads`` intra-op threads, the session-2..4 schedule). With quantized
     synapses (a QAT checkpoint, or ``--quantize``) ours multiplies the binary spikes with the int8
     weight codes (``torch._int_mm``, exact integer sums); the reference keeps float products of
     the same Q(W), as the reference code would (``--float-synapses`` turns ours to float too).
+
+``--reference-workers N`` runs the reference schedule N batches at a time the same way (not what
+the reference code does; it shows how much of our gain the batch-parallel threads alone give).
 
 Timing: ``--reference-limit`` sentences (default 96 = 3 full batches; each reference batch costs
 the same because every sentence is padded to 128 tokens, so a subset measures its throughput
@@ -45,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
+from lava_spikingbert.inference import map_batches, predict_batches  # noqa: E402
 from lava_spikingbert.neurons import IFSubtract  # noqa: E402
 
 
@@ -133,6 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--t-conv", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pad-to", type=int, default=128, help="reference padding length (max_seq_length)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ours: batches simulated at once, one intra-op thread each (default: --threads)")
+    parser.add_argument("--reference-workers", type=int, default=1,
+                        help="reference: batches simulated at once, one intra-op thread each (default 1: one "
+                             "batch at a time with --threads intra-op threads, as the reference code runs)")
     parser.add_argument("--profile", action="store_true", help="print a profile of one of our batches")
     parser.add_argument("--mixed-lengths", action="store_true",
                         help="ours: cut the length-sorted sentences into batches of --batch-size regardless of "
@@ -147,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "attention-score sums, diagnostics) on the same sentences")
     args = parser.parse_args(argv)
     C.setup_torch(args.threads)
+    workers = args.threads if args.workers is None else args.workers
+    rw = max(1, args.reference_workers)
 
     model, weights = C.build_model(args)
     if args.quantize:
@@ -169,37 +183,46 @@ def main(argv: list[str] | None = None) -> dict:
                     C.pad_batch([ids[i] for i in range(s, min(s + bs, n_ref))], args.pad_to))
                    for s in range(0, n_ref, bs)]
 
-    # warm-up at full batch size (kernels, first touch of the allocator's memory)
+    # warm-up at full batch size (kernels, first touch of the allocator's memory), in the threads
+    # the timed runs use
     with torch.no_grad():
-        reference_logits(model, *ref_batches[0][1], 2, extras=args.reference_extras)
-        for _, batch in sorted(ours_batches, key=lambda ib: -ib[1][0].numel())[:2]:
-            model.predict_logits(*batch, t_conv=2, integer_synapses=integer)
+        map_batches(lambda b: reference_logits(model, *b, 2, extras=args.reference_extras),
+                    [b for _, b in ref_batches[:rw]], workers=rw)
+        largest = sorted(ours_batches, key=lambda ib: -ib[1][0].numel())[:max(2, workers)]
+        predict_batches(model, [b for _, b in largest], 2, workers=workers, integer_synapses=integer)
 
     ours_logits = torch.empty(n, model.config.num_labels)
     ref_logits = torch.empty(n_ref, model.config.num_labels)
     t_ours = t_ref = c_ours = c_ref = t_lit = c_lit = 0.0
     lit_logits = torch.empty(n_ref, model.config.num_labels)
     load_start = os.getloadavg()[0]
-    groups = split_evenly(ours_batches, len(ref_batches))
-    for (r_idx, r_batch), group in zip(ref_batches, groups):
+    ref_groups = [ref_batches[k:k + rw] for k in range(0, len(ref_batches), rw)]
+    groups = split_evenly(ours_batches, len(ref_groups))
+    done_ours = 0
+    for ref_group, group in zip(ref_groups, groups):
         start, cpu = time.perf_counter(), time.process_time()
-        out = reference_logits(model, *r_batch, T)
+        outs = map_batches(lambda b: reference_logits(model, *b, T), [b for _, b in ref_group], workers=rw)
         t_ref += time.perf_counter() - start
         c_ref += time.process_time() - cpu
-        ref_logits[r_idx] = out
+        for (r_idx, _), out in zip(ref_group, outs):
+            ref_logits[r_idx] = out
         if args.reference_extras:
             start, cpu = time.perf_counter(), time.process_time()
-            lit_logits[r_idx] = reference_logits(model, *r_batch, T, extras=True)
+            outs = map_batches(lambda b: reference_logits(model, *b, T, extras=True), [b for _, b in ref_group],
+                               workers=rw)
             t_lit += time.perf_counter() - start
             c_lit += time.process_time() - cpu
-        for idx, batch in group:
-            start, cpu = time.perf_counter(), time.process_time()
-            out = model.predict_logits(*batch, t_conv=T, integer_synapses=integer)
-            t_ours += time.perf_counter() - start
-            c_ours += time.process_time() - cpu
+            for (r_idx, _), out in zip(ref_group, outs):
+                lit_logits[r_idx] = out
+        start, cpu = time.perf_counter(), time.process_time()
+        outs = predict_batches(model, [b for _, b in group], T, workers=workers, integer_synapses=integer)
+        t_ours += time.perf_counter() - start
+        c_ours += time.process_time() - cpu
+        for (idx, _), out in zip(group, outs):
             ours_logits[idx] = out
-        print(f"  reference {r_idx[-1] + 1}/{n_ref} sentences {t_ref:.1f}s | ours "
-              f"{sum(len(i) for g in groups[:groups.index(group) + 1] for i, _ in g)}/{n} {t_ours:.1f}s", flush=True)
+        done_ours += sum(len(i) for i, _ in group)
+        print(f"  reference {ref_group[-1][0][-1] + 1}/{n_ref} sentences {t_ref:.1f}s | ours "
+              f"{done_ours}/{n} {t_ours:.1f}s", flush=True)
 
     ref_sps, ours_sps = n_ref / t_ref, n / t_ours
     sub = ours_logits[:n_ref]
@@ -217,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_seconds": t_ref, "ours_seconds": t_ours,
         "reference_cpu_seconds": c_ref, "ours_cpu_seconds": c_ours,
         "speedup_cpu_time": (n / c_ours) / (n_ref / c_ref), "load_avg_1min_at_start": load_start,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "ours_workers": workers, "reference_workers": rw,
         "agreement": agreement, "logits_bit_identical_fraction": identical, "max_abs_logit_diff": max_diff,
         "ours_accuracy": ours_acc, "reference_accuracy_on_its_subset": ref_acc,
         "tokens_per_sentence": {"reference": ref_tokens / n_ref, "ours_padded": our_tokens / n,
@@ -228,9 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
         "target_met": ours_sps / ref_sps >= 10.0,
         **C.run_info(args),
     }
-    rows = [["(a) reference: pad 128, step-major, dense", n_ref, t_ref, c_ref, ref_sps, ref_tokens / n_ref],
+    rows = [["(a) reference: pad 128, step-major, dense" + (f", {rw} batches at a time" if rw > 1 else ""),
+             n_ref, t_ref, c_ref, ref_sps, ref_tokens / n_ref],
             [f"(b) ours: {'sorted batches' if args.mixed_lengths else 'equal-length buckets'} + predict_logits"
-             + (" (int8 products)" if integer else ""),
+             + (" (int8 products)" if integer else "") + (f", {workers} batches at a time" if workers > 1 else ""),
              n, t_ours, c_ours, ours_sps, our_tokens / n]]
     if args.reference_extras:
         result.update({"reference_extras_sps": n_ref / t_lit, "reference_extras_seconds": t_lit,

@@ -129,7 +129,8 @@ def cmd_eval(args) -> int:
     rows = []
     for T in args.t_conv:
         enc = encode(examples, tokenizer, min(args.max_length, model.config.max_length))
-        r = evaluate_student(model, enc, spec, t_conv=T, batch_size=args.batch_size, progress=True)
+        r = evaluate_student(model, enc, spec, t_conv=T, batch_size=args.batch_size, progress=True,
+                             workers=args.workers)
         r.pop("predictions")
         row = {"task": spec.name, "split": args.split, "backend": "torch", "precision": model.config.weights, **r}
         rows.append(row)
@@ -254,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="batches simulated at once, one intra-op thread each (default: --threads; 1 = one "
+                        "batch at a time with --threads intra-op threads)")
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_eval)
 

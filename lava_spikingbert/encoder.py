@@ -22,6 +22,7 @@ type embedding). The classifier reads the [CLS] ASR of the last layer's output p
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,8 @@ def hidden_tap_names(num_layers: int) -> list[str]:
 class SynapseLinear(nn.Linear):
     """A linear synapse; ``weight_quantizer`` (set by quantization) maps latent to used weights.
 
-    While ``binary_input`` is set (by ``SpikingBert.simulate``: the inputs are spikes, 0 or 1)
-    and no gradient is recorded, a quantized synapse computes ``W x + b`` as an int8 x int8 ->
+    While ``binary_input`` holds (set by ``SpikingBert.simulate`` for the calling thread: the
+    inputs are spikes, 0 or 1) and no gradient is recorded, a quantized synapse computes ``W x + b`` as an int8 x int8 ->
     int32 matrix product of the spikes and the weight codes, then ``b + step * acc``. The
     integer sum is exact, so this is the same map as ``F.linear`` on ``Q(W)`` up to the
     rounding of the float accumulation (identical when the float sum is exact too). On an
@@ -62,7 +63,6 @@ class SynapseLinear(nn.Linear):
     """
 
     weight_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
-    binary_input: bool = False
     # (weight key, IntWeights, {"q": Q(W), "int8": (codes view, step) or None}) for use without
     # autograd: quantized once per weight change, not at every time step
     _quant_cache: tuple | None = None
@@ -96,6 +96,11 @@ class SynapseLinear(nn.Linear):
             derived["int8"] = None if op is None else (op[0].contiguous().t(), op[1])
         return derived["int8"]
 
+    @property
+    def binary_input(self) -> bool:
+        """Whether this thread's current simulation feeds the synapse with binary spikes."""
+        return id(self) in _thread_state().binary_synapses
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.binary_input and self.weight_quantizer is not None and not torch.is_grad_enabled() \
                 and x.device.type == "cpu":
@@ -109,32 +114,42 @@ class SynapseLinear(nn.Linear):
         return F.linear(x, self.synaptic_weight(), self.bias)
 
 
-# the last spike tensor converted to int8 (query, key and value read the same spikes): the tensor
-# itself is held, so an identity + version match cannot be a recycled address
-_last_spike_codes: list = []
+# Per-thread simulation state, so that several threads can simulate batches with one model at
+# once (``lava_spikingbert.inference.predict_batches``): the synapses this thread feeds with spikes,
+# and the last spike tensor converted to int8 (query, key and value read the same spikes; the
+# tensor itself is held, so an identity + version match cannot be a recycled address).
+_local = threading.local()
+
+
+def _thread_state():
+    if not hasattr(_local, "binary_synapses"):
+        _local.binary_synapses = set()
+        _local.spike_codes = []
+    return _local
 
 
 def _spike_codes(x: torch.Tensor) -> torch.Tensor:
     """``x`` (0/1 spikes) as a 2-D int8 matrix."""
-    if _last_spike_codes and _last_spike_codes[0] is x and _last_spike_codes[1] == x._version:
-        return _last_spike_codes[2]
+    last = _thread_state().spike_codes
+    if last and last[0] is x and last[1] == x._version:
+        return last[2]
     codes = x.reshape(-1, x.shape[-1]).to(torch.int8)
-    _last_spike_codes[:] = [x, x._version, codes]
+    last[:] = [x, x._version, codes]
     return codes
 
 
 @contextmanager
 def binary_synapse_inputs(model: nn.Module, enabled: bool):
-    """Mark every ``SynapseLinear`` of ``model`` as fed by spikes while the block runs."""
-    synapses = [m for m in model.modules() if isinstance(m, SynapseLinear)] if enabled else []
-    for m in synapses:
-        m.binary_input = True
+    """Mark every ``SynapseLinear`` of ``model`` as fed by spikes in this thread while the block runs."""
+    state = _thread_state()
+    ids = {id(m) for m in model.modules() if isinstance(m, SynapseLinear)} if enabled else set()
+    added = ids - state.binary_synapses
+    state.binary_synapses |= added
     try:
         yield
     finally:
-        for m in synapses:
-            m.binary_input = False
-        _last_spike_codes.clear()
+        state.binary_synapses -= added
+        state.spike_codes.clear()
 
 
 class SharedDropout:

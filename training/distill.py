@@ -194,10 +194,14 @@ def prediction_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_student(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec, *, t_conv: int | None = None,
-                     batch_size: int = 64, progress: bool = False) -> dict:
-    """Task metrics of the spiking simulation at ``t_conv`` steps, plus wall time and throughput."""
+                     batch_size: int = 64, progress: bool = False, workers: int | None = None) -> dict:
+    """Task metrics of the spiking simulation at ``t_conv`` steps, plus wall time and throughput.
+
+    The batches are simulated ``workers`` at a time (default: one per intra-op thread; see
+    ``lava_spikingbert.inference.predict_batches``)."""
     from tqdm.auto import tqdm
 
+    from lava_spikingbert.inference import predict_batches
     from training.data import compute_metrics
 
     was_training = model.training
@@ -207,8 +211,10 @@ def evaluate_student(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec
     logits = torch.zeros(n, model.config.num_labels)
     start = time.perf_counter()
     batches = length_bucketed_batches(encoded, batch_size, shuffle=False)
-    for batch in tqdm(batches, desc=f"eval T={T}", disable=not progress, leave=False):
-        out = model.predict_logits(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], t_conv=T)
+    inputs = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
+    with tqdm(total=len(batches), desc=f"eval T={T}", disable=not progress, leave=False) as bar:
+        outputs = predict_batches(model, inputs, T, workers=workers, on_done=lambda i: bar.update())
+    for batch, out in zip(batches, outputs):
         logits[batch["index"]] = out.float()
     wall = time.perf_counter() - start
     model.train(was_training)
