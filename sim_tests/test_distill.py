@@ -224,6 +224,39 @@ def test_torchrun_two_processes(tmp_path, glue_dir, tiny_teacher_dir):
     SpikingBert.from_pretrained(out / "final")
 
 
+def test_pipeline_under_torchrun_splits_each_batch_and_the_evaluation(tmp_path, glue_dir, tiny_teacher_dir):
+    """scripts/main.sh runs the pipeline with one process per core: the budget's batch is global
+    (each rank takes half), the teacher is fine-tuned once, and the sharded dev evaluation gives
+    the same predictions as evaluating the final student in one process."""
+    from lava_spikingbert.inference import intra_op_threads
+    from training.data import encode, get_task, load_glue
+    from training.distill import evaluate_student
+    from training.teacher import load_teacher
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "lava_spikingbert.cli", "pipeline",
+           "--task", "sst2", "--glue-dir", str(glue_dir), "--teacher", str(tiny_teacher_dir), "--budget", "tiny",
+           "--layers", "2", "--t-conv", "4", "--max-length", "16", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "pipeline_summary.json").read_text())
+    assert summary["processes"] == 2
+    for stage, dirname in (("general", "1-general"), ("prediction", "3-prediction")):
+        done = json.loads((out / "stages" / dirname / "stage_done.json").read_text())
+        assert done["world_size"] == 2 and done["settings"]["batch_size"] == summary["budget"]["batch_size"] // 2
+        assert done["sentences"] == done["steps"] * summary["budget"]["batch_size"], stage
+    spec = get_task("sst2")
+    _, tokenizer = load_teacher(out / "teacher", num_labels=2)
+    dev = encode(load_glue(spec, "dev", glue_dir, limit=summary["budget"]["dev_limit"]), tokenizer, 16)
+    student = SpikingBert.from_pretrained(out / "student")
+    for row in summary["eval_vs_T"]:  # one intra-op thread, as each rank had (same float rounding)
+        with intra_op_threads(1):
+            alone = evaluate_student(student, dev, spec, t_conv=row["t_conv"], batch_size=8, workers=1)
+        assert row["n"] == alone["n"] > 8 and row["metrics"] == alone["metrics"], row["t_conv"]  # >1 batch
+
+
 def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     from training.pipeline import Budget, run_pipeline
 

@@ -57,3 +57,52 @@ def test_worker_error_is_raised_and_bad_workers_rejected():
         map_batches(boom, _batches(4), workers=2)
     with pytest.raises(ValueError, match="workers"):
         map_batches(lambda b: b[0], _batches(2), workers=0)
+
+
+def _sharded_eval(rank: int, world: int, store: str, result_dir: str) -> None:
+    import json
+
+    from training.common import DistEnv
+    from training.data import get_task
+    from training.distill import evaluate_student
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        r = evaluate_student(_regressor(), _dataset(), get_task("stsb"), t_conv=8, batch_size=4,
+                             dist=DistEnv(rank=rank, world_size=world))
+        with open(f"{result_dir}/rank{rank}.json", "w") as f:
+            json.dump(r["predictions"], f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _regressor():  # regression: the "predictions" are the raw outputs, so any lost shard shows
+    return tiny_model(num_labels=1, problem_type="regression")
+
+
+def _dataset():
+    from training.data import EncodedDataset
+
+    g = torch.Generator().manual_seed(3)
+    ids = [[1] + torch.randint(2, 64, (int(n),), generator=g).tolist() + [2]
+           for n in torch.randint(3, 9, (20,), generator=g)]
+    return EncodedDataset(input_ids=ids, token_type_ids=[[0] * len(x) for x in ids], labels=[float(i % 5) for i in range(20)],
+                         is_regression=True)
+
+
+def test_sharded_evaluation_gives_every_rank_all_predictions(tmp_path):
+    """Under torchrun each rank simulates a share of the dev batches; all ranks end with the same
+    predictions as one process evaluating everything."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from training.data import get_task
+    from training.distill import evaluate_student
+
+    mp.spawn(_sharded_eval, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    alone = evaluate_student(_regressor(), _dataset(), get_task("stsb"), t_conv=8, batch_size=4, workers=1)
+    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert per_rank[0] == per_rank[1] == alone["predictions"]
+    assert len(set(alone["predictions"])) > 10 and 0.0 not in alone["predictions"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 from dataclasses import dataclass
@@ -71,10 +72,28 @@ class DistEnv:
 
     rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # processes of this job on this machine
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def main_only_threads(self):
+        """Context for work only the main rank does while the others wait at a barrier (teacher
+        fine-tuning): the main rank borrows the waiting local ranks' cores as intra-op threads."""
+        from lava_spikingbert.inference import intra_op_threads
+
+        return intra_op_threads(torch.get_num_threads() * self.local_world_size)
+
+    def shard(self, items: list) -> list:
+        """This rank's share of ``items`` (strided: rank, rank + world_size, ...)."""
+        return items[self.rank::self.world_size]
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In-place sum over the ranks (identity for one process)."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -88,11 +107,18 @@ class DistEnv:
         """
         if self.world_size == 1:
             return
-        for p in model.parameters():
-            if not p.requires_grad or p.grad is None:  # unused in this stage: the same on every rank
-                continue
-            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-            p.grad /= self.world_size
+        # unused parameters (grad None) are the same on every rank; the others travel as one
+        # flat buffer: one all-reduce per step instead of one per tensor (latency-bound on gloo)
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def check_in_sync(self, model: torch.nn.Module) -> None:
         """Raise if the replicas' weights diverged (they must stay identical under averaged grads)."""
@@ -115,11 +141,17 @@ class DistEnv:
         return float(t) / self.world_size
 
 
+# the other ranks wait at a barrier while the main rank fine-tunes the teacher (hours with
+# --budget full): far longer than torch's 30-minute default before a collective gives up
+BARRIER_TIMEOUT = datetime.timedelta(hours=24)
+
+
 def init_distributed() -> DistEnv:
     """Join the process group when started by torchrun (env WORLD_SIZE > 1), gloo backend on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="gloo")
-    return DistEnv(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size())
+        torch.distributed.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    return DistEnv(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
+                   local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -194,28 +194,32 @@ def prediction_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_student(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec, *, t_conv: int | None = None,
-                     batch_size: int = 64, progress: bool = False, workers: int | None = None) -> dict:
+                     batch_size: int = 64, progress: bool = False, workers: int | None = None,
+                     dist: DistEnv | None = None) -> dict:
     """Task metrics of the spiking simulation at ``t_conv`` steps, plus wall time and throughput.
 
     The batches are simulated ``workers`` at a time (default: one per intra-op thread; see
-    ``lava_spikingbert.inference.predict_batches``)."""
+    ``lava_spikingbert.inference.predict_batches``). Under torchrun (``dist``) every rank takes a
+    share of the batches and all ranks get the same result."""
     from tqdm.auto import tqdm
 
     from lava_spikingbert.inference import predict_batches
     from training.data import compute_metrics
 
+    dist = dist or DistEnv()
     was_training = model.training
     model.eval()
     T = int(t_conv or model.config.t_conv)
     n = len(encoded)
     logits = torch.zeros(n, model.config.num_labels)
     start = time.perf_counter()
-    batches = length_bucketed_batches(encoded, batch_size, shuffle=False)
+    batches = dist.shard(list(length_bucketed_batches(encoded, batch_size, shuffle=False)))
     inputs = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
-    with tqdm(total=len(batches), desc=f"eval T={T}", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(batches), desc=f"eval T={T}", disable=not (progress and dist.is_main), leave=False) as bar:
         outputs = predict_batches(model, inputs, T, workers=workers, on_done=lambda i: bar.update())
     for batch, out in zip(batches, outputs):
         logits[batch["index"]] = out.float()
+    dist.sum_(logits)  # every sentence was simulated by exactly one rank; the others hold zeros
     wall = time.perf_counter() - start
     model.train(was_training)
     preds = logits.squeeze(-1).numpy() if spec.is_regression else logits.argmax(-1).numpy()
@@ -313,7 +317,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         nonlocal best
         if dev is None or spec is None or settings.stage != "prediction":
             return None
-        result = evaluate_student(student, dev, spec)
+        result = evaluate_student(student, dev, spec, dist=dist)
         student.train()
         value = result["metrics"][spec.main_metric]
         history.append({"step": step, spec.main_metric: value})

@@ -36,6 +36,7 @@ class Budget:
     batch_size: int = 32
     train_t_conv: int = 8  # simulation steps while training (evaluation uses the model's t_conv)
     eval_every: int = 200
+    eval_batch_size: int = 64  # sentences per simulated batch in the final evaluation
     general_limit: int | None = None  # sentences of the general-KD corpus
     teacher_limit: int | None = None
     dev_limit: int | None = None
@@ -43,7 +44,8 @@ class Budget:
 
 BUDGETS = {
     "tiny": Budget(teacher_epochs=1, general_steps=4, intermediate_steps=4, prediction_steps=6, batch_size=8,
-                   train_t_conv=4, eval_every=3, general_limit=64, teacher_limit=64, dev_limit=32),
+                   train_t_conv=4, eval_every=3, general_limit=64, teacher_limit=64, dev_limit=32,
+                   eval_batch_size=8),
     "default": Budget(teacher_epochs=1, general_steps=300, intermediate_steps=700, prediction_steps=600,
                       train_t_conv=8, eval_every=200),
     "full": Budget(teacher_epochs=3, general_steps=4000, intermediate_steps=8000, prediction_steps=4000,
@@ -102,10 +104,11 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
             or _teacher_incomplete(teacher_dir):
         if dist.is_main:
             t0 = time.perf_counter()
-            tm = finetune_teacher(spec, teacher_dir, glue_dir=glue_dir, teacher_path=base_teacher_path,
-                                  epochs=b.teacher_epochs, max_length=max_length, seed=seed,
-                                  limit_train=b.teacher_limit, limit_eval=b.dev_limit, resume=resume,
-                                  progress=progress)
+            with dist.main_only_threads():
+                tm = finetune_teacher(spec, teacher_dir, glue_dir=glue_dir, teacher_path=base_teacher_path,
+                                      epochs=b.teacher_epochs, max_length=max_length, seed=seed,
+                                      limit_train=b.teacher_limit, limit_eval=b.dev_limit, resume=resume,
+                                      progress=progress)
             timings["teacher"] = {"wall_s": time.perf_counter() - t0, "dev": tm.get("dev")}
         dist.barrier()
     teacher_metrics = _read_json(teacher_dir / "teacher_metrics.json")
@@ -133,6 +136,10 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         init_student_from_teacher(student, base_teacher, layers=(init == "layers"))
 
     # 3. the three distillation stages --------------------------------------------------------------
+    # the budget's batch size is global: under torchrun every rank takes its share of each step's batch
+    if b.batch_size % dist.world_size:
+        raise ValueError(f"budget batch size {b.batch_size} is not divisible by the {dist.world_size} processes")
+    per_rank_batch = b.batch_size // dist.world_size
     stages = [("general", base_teacher, general, "1-general"),
               ("intermediate", task_teacher, train, "2-intermediate"),
               ("prediction", task_teacher, train, "3-prediction")]
@@ -145,7 +152,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         if stage_done(stage_dir):
             logger.info("stage %s already complete: %s", stage, stage_dir)
         else:
-            settings = _stage_settings(stage, b, seed=seed, weights=weights,
+            settings = _stage_settings(stage, b, seed=seed, weights=weights, batch_size=per_rank_batch,
                                        gold_labels=gold_labels if stage == "prediction" else None,
                                        temperature=temperature)
             run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=dev,
@@ -160,16 +167,18 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     if dist.is_main:
         save_checkpoint(student_dir, final, tokenizer)
     rows = []
-    if dist.is_main:
-        for T in eval_t:
-            r = evaluate_student(final, dev, spec, t_conv=T, progress=progress)
-            r.pop("predictions")
-            rows.append({"task": spec.name, "split": "dev", "backend": "torch", "precision": weights, **r})
+    for T in eval_t:  # every rank simulates a share of the dev batches
+        r = evaluate_student(final, dev, spec, t_conv=T, batch_size=b.eval_batch_size, progress=progress, dist=dist)
+        r.pop("predictions")
+        rows.append({"task": spec.name, "split": "dev", "backend": "torch", "precision": weights, **r})
+        if dist.is_main:
             logger.info("T=%d dev %s", T, r["metrics"])
+    if dist.is_main:
         atomic_write_json(out / "eval_vs_T.json", rows)
         plot_accuracy_vs_t(rows, spec.main_metric, out / "accuracy_vs_T.png",
                            f"{spec.name}: spiking student vs T")
-        summary = {"task": spec.name, "budget": b.__dict__, "teacher": teacher_metrics, "stages": timings,
+        summary = {"task": spec.name, "budget": b.__dict__, "processes": dist.world_size,
+                   "teacher": teacher_metrics, "stages": timings,
                    "eval_vs_T": rows, "wall_s": time.perf_counter() - t_start, "student_dir": str(student_dir)}
         atomic_write_json(out / "pipeline_summary.json", summary)
         _print_table(rows, spec.main_metric, teacher_metrics)
