@@ -54,8 +54,9 @@ class SynapseLinear(nn.Linear):
     """A linear synapse; ``weight_quantizer`` (set by quantization) maps latent to used weights.
 
     While ``binary_input`` holds (set by ``SpikingBert.simulate`` for the calling thread: the
-    inputs are spikes, 0 or 1) and no gradient is recorded, a quantized synapse computes ``W x + b`` as an int8 x int8 ->
-    int32 matrix product of the spikes and the weight codes, then ``b + step * acc``. The
+    inputs are spikes, 0 or 1) and no gradient is recorded, a quantized synapse computes
+    ``W x + b`` as an int8 x int8 -> int32 matrix product of the spikes and the weight codes,
+    then ``b + step * acc``. The
     integer sum is exact, so this is the same map as ``F.linear`` on ``Q(W)`` up to the
     rounding of the float accumulation (identical when the float sum is exact too). On an
     AVX-512 VNNI Xeon the int8 product alone is about twice as fast as the fp32 one; with the
