@@ -92,6 +92,11 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     dist = init_distributed()
     b = BUDGETS[budget] if isinstance(budget, str) else budget
     spec = get_task(task)
+    # the budget's batch size is global: under torchrun every rank takes its share of each step's
+    # batch (checked before the teacher's fine-tuning, not after)
+    if b.batch_size % dist.world_size:
+        raise ValueError(f"budget batch size {b.batch_size} is not divisible by the {dist.world_size} processes")
+    per_rank_batch = b.batch_size // dist.world_size
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, dict] = {}
@@ -136,10 +141,6 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         init_student_from_teacher(student, base_teacher, layers=(init == "layers"))
 
     # 3. the three distillation stages --------------------------------------------------------------
-    # the budget's batch size is global: under torchrun every rank takes its share of each step's batch
-    if b.batch_size % dist.world_size:
-        raise ValueError(f"budget batch size {b.batch_size} is not divisible by the {dist.world_size} processes")
-    per_rank_batch = b.batch_size // dist.world_size
     stages = [("general", base_teacher, general, "1-general"),
               ("intermediate", task_teacher, train, "2-intermediate"),
               ("prediction", task_teacher, train, "3-prediction")]
