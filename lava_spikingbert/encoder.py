@@ -56,9 +56,9 @@ class SynapseLinear(nn.Linear):
     While ``binary_input`` holds (set by ``SpikingBert.simulate`` for the calling thread: the
     inputs are spikes, 0 or 1) and no gradient is recorded, a quantized synapse computes
     ``W x + b`` as an int8 x int8 -> int32 matrix product of the spikes and the weight codes,
-    then ``b + step * acc``. The
-    integer sum is exact, so this is the same map as ``F.linear`` on ``Q(W)`` up to the
-    rounding of the float accumulation (identical when the float sum is exact too). On an
+    then ``b + step * acc``. The integer sum is exact, so this is the same map as ``F.linear``
+    on ``Q(W)`` up to the rounding of the float accumulation (identical when the float sum is
+    exact too). On an
     AVX-512 VNNI Xeon the int8 product alone is about twice as fast as the fp32 one; with the
     int32 -> float epilogue a whole simulation gains 1.1-1.3x (docs/RESULTS.md, issue 3).
     """
@@ -103,8 +103,9 @@ class SynapseLinear(nn.Linear):
         return id(self) in _thread_state().binary_synapses
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.binary_input and self.weight_quantizer is not None and not torch.is_grad_enabled() \
-                and x.device.type == "cpu":
+        # cheap checks first: fp32 synapses (and training) never look up the thread's state
+        if self.weight_quantizer is not None and not torch.is_grad_enabled() and x.device.type == "cpu" \
+                and self.binary_input:
             op = self.int8_weight()
             if op is not None:
                 codes_t, step = op
