@@ -106,7 +106,8 @@ def cmd_distill(args) -> int:
                              temperature=args.temperature,
                              gold_labels=args.gold_labels, seed=args.seed, weights=args.weights, layer_map=layer_map,
                              checkpoint_every=args.checkpoint_every, run_steps=args.run_steps,
-                             att_weight=args.att_weight, rep_weight=args.rep_weight)
+                             att_weight=args.att_weight, rep_weight=args.rep_weight,
+                             forward=args.train_forward)
     result = run_stage(settings, student, teacher, train, args.out, tokenizer=tokenizer, spec=spec, dev=dev,
                        resume=args.resume, dist=dist)
     if dist.is_main:
@@ -147,7 +148,8 @@ def cmd_pipeline(args) -> int:
     run_pipeline(args.task, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, budget=args.budget,
                  resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
                  init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
-                 general_corpus=args.corpus, seed=args.seed, weights=args.weights)
+                 general_corpus=args.corpus, seed=args.seed, weights=args.weights,
+                 train_forward=args.train_forward)
     return 0
 
 
@@ -190,6 +192,15 @@ def _load_tokenizer(model_dir: str):
 
 
 # ------------------------------------------------------------------------------------ parser
+def add_train_forward_arg(p: argparse.ArgumentParser) -> None:
+    from lava_spikingbert.config import TRAIN_FORWARDS
+
+    p.add_argument("--train-forward", default="spiking", choices=TRAIN_FORWARDS,
+                   help="forward values while training: 'spiking' (simulated ASRs, gradients from the "
+                        "steady-state equations; SpikingBERT) or 'rate_ann' (the steady-state map alone, "
+                        "no spikes: an ablation measuring the architecture's own limit)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikingbert", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -244,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="dev sentences")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true")
+    add_train_forward_arg(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("eval", help="evaluate a spiking student (torch simulation)")
@@ -278,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None)
     p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
     p.add_argument("--seed", type=int, default=42)
+    add_train_forward_arg(p)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("export", help="write the HDF5 model file (and a netx head) for Lava / Loihi 2")

@@ -14,6 +14,12 @@ NEURON_KINDS = ("if_subtract", "lif_reset_zero")
 WEIGHT_MODES = ("fp32", "int8", "ternary", "binary")
 GRAD_POINTS = ("snn", "ann")
 PROBLEM_TYPES = ("classification", "regression")
+# what a training step's forward values are (``training.distill.StageSettings.forward``):
+# "spiking" = the ASRs of a ``t_conv``-step simulation with gradients from the steady-state
+# equations (SpikingBERT; the default); "rate_ann" = the steady-state map itself chained from the
+# embeddings, no spikes (an ablation: the rate ANN the student's equations describe, trained with
+# exact gradients; it measures how much of the accuracy limit is the architecture itself)
+TRAIN_FORWARDS = ("spiking", "rate_ann")
 
 
 class ConfigError(ValueError):

@@ -161,6 +161,48 @@ def test_internal_loss_weights(setup, tmp_path):
         StageSettings(stage="intermediate", max_steps=2, att_weight=0.0, rep_weight=0.0)
 
 
+def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monkeypatch):
+    """forward="spiking" trains on simulated ASRs; "rate_ann" (the ablation) never simulates and
+    its first step's update equals plain autograd through the steady-state map."""
+    teacher, tok, spec, train, dev = setup
+    calls = []
+    real_simulate = SpikingBert.simulate
+
+    def counting_simulate(self, *args, **kwargs):
+        calls.append(kwargs.get("t_conv", args[2] if len(args) > 2 else None))
+        return real_simulate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpikingBert, "simulate", counting_simulate)
+    kw = dict(stage="prediction", max_steps=1, batch_size=8, lr=1e-3, t_conv=4, eval_every=0, warmup=0.0)
+    run_stage(StageSettings(**kw), new_student(teacher, dropout=0.0), teacher, train, tmp_path / "spk",
+              tokenizer=tok, progress=False)
+    assert calls == [4]
+    calls.clear()
+    student = new_student(teacher, dropout=0.0)
+    result = run_stage(StageSettings(**kw, forward="rate_ann"), student, teacher, train, tmp_path / "ann",
+                       tokenizer=tok, progress=False)
+    assert result.completed and calls == []
+    # the same step by hand: gradients of the soft cross-entropy through the rate ANN
+    from training.distill import length_bucketed_batches
+    from training.teacher import teacher_outputs
+
+    ref = new_student(teacher, dropout=0.0)
+    ref.train()
+    batch = length_bucketed_batches(train, 8, shuffle=True, seed=42, epoch=0).collate(
+        length_bucketed_batches(train, 8, shuffle=True, seed=42, epoch=0).batch_indices()[0])
+    out = ref(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mode="steady_state")
+    soft_cross_entropy(out.logits, teacher_outputs(teacher, batch).logits, 1.0).backward()
+    trained = SpikingBert.from_pretrained(tmp_path / "ann" / "final")
+    moved = trained.classifier.weight - ref.classifier.weight.detach()
+    assert moved.abs().max() > 0
+    # Adam's first step moves every weight by -lr * sign(grad) (up to eps and weight decay)
+    g = ref.classifier.weight.grad
+    big = g.abs() > 1e-6
+    assert torch.equal(torch.sign(moved[big]), -torch.sign(g[big]))
+    with pytest.raises(ValueError, match="forward"):
+        StageSettings(stage="prediction", max_steps=1, forward="bptt")
+
+
 def test_resume_reaches_the_same_weights(setup, tmp_path):
     teacher, tok, spec, train, dev = setup
     settings = StageSettings(stage="intermediate", max_steps=6, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from lava_spikingbert import SpikingBert, SpikingBertConfig
 from lava_spikingbert.checkpoint import write_model_files
+from lava_spikingbert.config import TRAIN_FORWARDS
 from lava_spikingbert.fileio import atomic_directory, atomic_write_json
 from training.common import DistEnv, linear_schedule, make_optimizer, rng_state, seed_all, set_rng_state
 from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
@@ -37,6 +38,7 @@ from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
 logger = logging.getLogger(__name__)
 
 STAGES = ("general", "intermediate", "prediction")
+
 STATE_FILE = "training_state.pt"
 DONE_FILE = "stage_done.json"
 
@@ -63,10 +65,13 @@ class StageSettings:
     att_weight: float = 1.0  # internal-layer KD loss = att_weight * attention MSE + rep_weight * hidden MSE
     rep_weight: float = 1.0
     run_steps: int | None = None  # stop (resumably) after this many steps in this call
+    forward: str = "spiking"  # see TRAIN_FORWARDS
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.forward not in TRAIN_FORWARDS:
+            raise ValueError(f"forward must be one of {TRAIN_FORWARDS}, got {self.forward!r}")
         if self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
         if self.temperature <= 0:
@@ -331,6 +336,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         return value
 
     T = settings.t_conv
+    mode = "equilibrium" if settings.forward == "spiking" else "steady_state"
     per_epoch = len(length_bucketed_batches(train, settings.batch_size, shuffle=True, seed=settings.seed,
                                             rank=dist.rank, world_size=dist.world_size))
     start = time.perf_counter()
@@ -345,7 +351,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         for idx in batches.batch_indices()[skip:]:
             batch = batches.collate(idx)
             mask = batch["attention_mask"]
-            out = student(batch["input_ids"], mask, batch["token_type_ids"], mode="equilibrium", t_conv=T)
+            out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=T)
             t_out = teacher_outputs(teacher, batch) if needs_teacher else None
             if settings.stage == "prediction":
                 loss = prediction_loss(out.logits, t_out.logits if t_out is not None else None,

@@ -85,7 +85,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                  budget: str | Budget = "default", resume: bool = True, num_layers: int = 4, t_conv: int = 16,
                  max_length: int = 64, init: str = "layers", gold_labels: bool = False, temperature: float = 1.0,
                  eval_t: tuple[int, ...] = EVAL_T, general_corpus: str | None = None, seed: int = 42,
-                 weights: str = "fp32", progress: bool = True) -> dict:
+                 weights: str = "fp32", train_forward: str = "spiking", progress: bool = True) -> dict:
     from training.teacher import default_teacher_path, finetune_teacher, load_teacher
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -135,7 +135,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     config = student_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
                                          max_length=max_length, num_labels=spec.num_labels,
                                          problem_type="regression" if spec.is_regression else "classification")
-    config.extra.update({"task": spec.name, "teacher": str(base_teacher_path), "init": init})
+    config.extra.update({"task": spec.name, "teacher": str(base_teacher_path), "init": init,
+                         "train_forward": train_forward})
     student = SpikingBert(config)
     if init != "none":
         init_student_from_teacher(student, base_teacher, layers=(init == "layers"))
@@ -154,6 +155,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
             logger.info("stage %s already complete: %s", stage, stage_dir)
         else:
             settings = _stage_settings(stage, b, seed=seed, weights=weights, batch_size=per_rank_batch,
+                                       forward=train_forward,
                                        gold_labels=gold_labels if stage == "prediction" else None,
                                        temperature=temperature)
             run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=dev,

@@ -1,0 +1,110 @@
+"""How well a trained spiking student fits its teacher: train vs dev, spiking vs rate ANN.
+
+For a student checkpoint (``--model``) and its fine-tuned teacher (``--teacher``), on a random
+subset of the SST-2 *training* sentences (``--train-n``, default 1,500, seed ``--seed``) and on
+all dev sentences:
+
+* accuracy of the teacher, of the spiking student at each ``--t`` (default 16; the simulation the
+  model is evaluated with), and the student's agreement with the teacher's predictions;
+* accuracy of the student's rate ANN (``mode="steady_state"``: every population's steady-state
+  map ``a = g(F(a_in))`` chained from the embeddings, no spikes). The spiking network does not
+  converge to this ANN: LayerNorm, softmax and GELU act on instantaneous spikes, and the rate of
+  f(spikes) is not f(rate) (``benchmarks/convergence.py`` measures the per-population residual).
+
+Why: if the student agrees with the teacher much less on the sentences it was trained on than a
+generalisation gap would explain, the limit is fitting (the model and its training), not data.
+
+Output: a table, and ``--json`` with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _common as C  # noqa: E402
+
+
+@torch.no_grad()
+def rate_ann_predictions(model, encoded, batch_size: int) -> np.ndarray:
+    """Argmax of the student's rate ANN (``steady_state`` mode) in the order of ``encoded``."""
+    from training.data import length_bucketed_batches
+
+    model.eval()
+    preds = np.zeros(len(encoded), dtype=np.int64)
+    for b in length_bucketed_batches(encoded, batch_size, shuffle=False):
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], mode="steady_state")
+        preds[b["index"].numpy()] = out.logits.argmax(-1).numpy()
+    return preds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(parser, model=False)
+    parser.add_argument("--model", required=True, help="trained student checkpoint directory")
+    parser.add_argument("--teacher", required=True, help="the fine-tuned teacher directory it was distilled from")
+    parser.add_argument("--t", type=int, nargs="+", default=[16], help="simulation steps to evaluate")
+    parser.add_argument("--train-n", type=int, default=1500, help="random training sentences to evaluate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=64)
+    args = parser.parse_args(argv)
+    C.setup_torch(args.threads)
+
+    from lava_spikingbert import SpikingBert
+    from training.data import encode, get_task, load_glue
+    from training.distill import evaluate_student
+    from training.teacher import load_teacher, predict
+
+    spec = get_task("sst2")
+    glue = C.glue_dir(args.glue_dir)
+    student = SpikingBert.from_pretrained(args.model)
+    teacher, tokenizer = load_teacher(args.teacher, num_labels=spec.num_labels)
+    train = load_glue(spec, "train", glue)
+    if not 0 < args.train_n <= len(train):
+        raise SystemExit(f"--train-n must be in 1..{len(train)}, got {args.train_n}")
+    pick = np.random.default_rng(args.seed).choice(len(train), args.train_n, replace=False)
+    splits = {"train_subset": [train[i] for i in sorted(pick)], "dev": load_glue(spec, "dev", glue)}
+
+    rows, results = [], {}
+    for split, examples in splits.items():
+        enc = encode(examples, tokenizer, args.max_length)
+        labels = np.asarray(enc.labels)
+        teacher_pred = predict(teacher, enc, batch_size=args.batch_size).argmax(-1)
+        r = {"n": len(enc), "mean_tokens": float(enc.lengths.mean()),
+             "teacher_accuracy": float((teacher_pred == labels).mean())}
+        t0 = time.perf_counter()
+        ann = rate_ann_predictions(student, enc, args.batch_size)
+        r["rate_ann"] = {"accuracy": float((ann == labels).mean()),
+                         "agreement_with_teacher": float((ann == teacher_pred).mean()),
+                         "wall_s": time.perf_counter() - t0}
+        rows.append([split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}", "rate ANN",
+                     f"{100 * r['rate_ann']['accuracy']:.2f}", f"{100 * r['rate_ann']['agreement_with_teacher']:.2f}"])
+        r["spiking"] = {}
+        for T in args.t:
+            ev = evaluate_student(student, enc, spec, t_conv=T, batch_size=args.batch_size)
+            pred = np.asarray(ev["predictions"])
+            r["spiking"][str(T)] = {"accuracy": float((pred == labels).mean()),
+                                    "agreement_with_teacher": float((pred == teacher_pred).mean()),
+                                    "wall_s": ev["wall_s"]}
+            rows.append([split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}",
+                         f"spiking T={T}", f"{100 * r['spiking'][str(T)]['accuracy']:.2f}",
+                         f"{100 * r['spiking'][str(T)]['agreement_with_teacher']:.2f}"])
+        results[split] = r
+
+    print(C.table(["split", "n", "tokens", "teacher %", "student", "student %", "agrees with teacher %"], rows))
+    payload = {**C.run_info(args), "model": str(args.model), "teacher": str(args.teacher),
+               "train_subset_seed": args.seed, "results": results}
+    C.write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
