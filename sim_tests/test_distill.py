@@ -203,6 +203,17 @@ def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monke
         StageSettings(stage="prediction", max_steps=1, forward="bptt")
 
 
+def test_resume_refuses_a_different_training_forward(setup, tmp_path):
+    teacher, tok, spec, train, dev = setup
+    kw = dict(stage="prediction", max_steps=2, batch_size=8, lr=1e-3, t_conv=4, eval_every=0)
+    first = run_stage(StageSettings(**kw, run_steps=1, forward="rate_ann"), new_student(teacher), teacher, train,
+                      tmp_path / "s", tokenizer=tok, progress=False)
+    assert not first.completed
+    with pytest.raises(ValueError, match="forward 'rate_ann'; refusing to resume"):
+        run_stage(StageSettings(**kw), new_student(teacher), teacher, train, tmp_path / "s", tokenizer=tok,
+                  resume=True, progress=False)
+
+
 def test_resume_reaches_the_same_weights(setup, tmp_path):
     teacher, tok, spec, train, dev = setup
     settings = StageSettings(stage="intermediate", max_steps=6, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2)

@@ -38,7 +38,6 @@ from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
 logger = logging.getLogger(__name__)
 
 STAGES = ("general", "intermediate", "prediction")
-
 STATE_FILE = "training_state.pt"
 DONE_FILE = "stage_done.json"
 
@@ -300,9 +299,12 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0
     if resume and (ckpt_dir / STATE_FILE).is_file():
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
-        if state["settings"]["stage"] != settings.stage or state["settings"]["max_steps"] != settings.max_steps:
-            raise ValueError(f"{ckpt_dir}: checkpoint is for stage {state['settings']['stage']} with "
-                             f"{state['settings']['max_steps']} steps; refusing to resume with different settings")
+        saved = state["settings"]
+        if (saved["stage"], saved["max_steps"], saved.get("forward", "spiking")) != \
+                (settings.stage, settings.max_steps, settings.forward):
+            raise ValueError(f"{ckpt_dir}: checkpoint is for stage {saved['stage']} with {saved['max_steps']} steps "
+                             f"and forward {saved.get('forward', 'spiking')!r}; refusing to resume with different "
+                             "settings")
         from safetensors.torch import load_file
         student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
