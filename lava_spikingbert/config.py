@@ -18,7 +18,9 @@ PROBLEM_TYPES = ("classification", "regression")
 # "spiking" = the ASRs of a ``t_conv``-step simulation with gradients from the steady-state
 # equations (SpikingBERT; the default); "rate_ann" = the steady-state map itself chained from the
 # embeddings, no spikes (an ablation: the rate ANN the student's equations describe, trained with
-# exact gradients; it measures how much of the accuracy limit is the architecture itself)
+# exact gradients; it measures how much of the accuracy limit is the architecture itself). Dev
+# evaluations during training, which pick the best stage-3 checkpoint, simulate the spiking network
+# in both cases: the product is the spiking student.
 TRAIN_FORWARDS = ("spiking", "rate_ann")
 
 
