@@ -80,23 +80,21 @@ def main(argv: list[str] | None = None) -> dict:
         teacher_pred = predict(teacher, enc, batch_size=args.batch_size).argmax(-1)
         r = {"n": len(enc), "mean_tokens": float(enc.lengths.mean()),
              "teacher_accuracy": float((teacher_pred == labels).mean())}
+        cells = [split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}"]
+
+        def score(name: str, pred: np.ndarray, wall_s: float) -> dict:
+            d = {"accuracy": float((pred == labels).mean()),
+                 "agreement_with_teacher": float((pred == teacher_pred).mean()), "wall_s": wall_s}
+            rows.append([*cells, name, f"{100 * d['accuracy']:.2f}", f"{100 * d['agreement_with_teacher']:.2f}"])
+            return d
+
         t0 = time.perf_counter()
         ann = rate_ann_predictions(student, enc, args.batch_size)
-        r["rate_ann"] = {"accuracy": float((ann == labels).mean()),
-                         "agreement_with_teacher": float((ann == teacher_pred).mean()),
-                         "wall_s": time.perf_counter() - t0}
-        rows.append([split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}", "rate ANN",
-                     f"{100 * r['rate_ann']['accuracy']:.2f}", f"{100 * r['rate_ann']['agreement_with_teacher']:.2f}"])
+        r["rate_ann"] = score("rate ANN", ann, time.perf_counter() - t0)
         r["spiking"] = {}
         for T in args.t:
             ev = evaluate_student(student, enc, spec, t_conv=T, batch_size=args.batch_size)
-            pred = np.asarray(ev["predictions"])
-            r["spiking"][str(T)] = {"accuracy": float((pred == labels).mean()),
-                                    "agreement_with_teacher": float((pred == teacher_pred).mean()),
-                                    "wall_s": ev["wall_s"]}
-            rows.append([split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}",
-                         f"spiking T={T}", f"{100 * r['spiking'][str(T)]['accuracy']:.2f}",
-                         f"{100 * r['spiking'][str(T)]['agreement_with_teacher']:.2f}"])
+            r["spiking"][str(T)] = score(f"spiking T={T}", np.asarray(ev["predictions"]), ev["wall_s"])
         results[split] = r
 
     print(C.table(["split", "n", "tokens", "teacher %", "student", "student %", "agrees with teacher %"], rows))

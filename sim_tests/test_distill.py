@@ -183,13 +183,13 @@ def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monke
                        tokenizer=tok, progress=False)
     assert result.completed and calls == []
     # the same step by hand: gradients of the soft cross-entropy through the rate ANN
-    from training.distill import length_bucketed_batches
+    from training.data import length_bucketed_batches
     from training.teacher import teacher_outputs
 
     ref = new_student(teacher, dropout=0.0)
     ref.train()
-    batch = length_bucketed_batches(train, 8, shuffle=True, seed=42, epoch=0).collate(
-        length_bucketed_batches(train, 8, shuffle=True, seed=42, epoch=0).batch_indices()[0])
+    batches = length_bucketed_batches(train, 8, shuffle=True, seed=42, epoch=0)
+    batch = batches.collate(batches.batch_indices()[0])
     out = ref(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mode="steady_state")
     soft_cross_entropy(out.logits, teacher_outputs(teacher, batch).logits, 1.0).backward()
     trained = SpikingBert.from_pretrained(tmp_path / "ann" / "final")

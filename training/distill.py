@@ -300,11 +300,11 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     if resume and (ckpt_dir / STATE_FILE).is_file():
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
         saved = state["settings"]
-        if (saved["stage"], saved["max_steps"], saved.get("forward", "spiking")) != \
-                (settings.stage, settings.max_steps, settings.forward):
+        saved_forward = saved.get("forward", "spiking")  # checkpoints from before the option trained spiking
+        if (saved["stage"], saved["max_steps"], saved_forward) != (settings.stage, settings.max_steps,
+                                                                   settings.forward):
             raise ValueError(f"{ckpt_dir}: checkpoint is for stage {saved['stage']} with {saved['max_steps']} steps "
-                             f"and forward {saved.get('forward', 'spiking')!r}; refusing to resume with different "
-                             "settings")
+                             f"and forward {saved_forward!r}; refusing to resume with different settings")
         from safetensors.torch import load_file
         student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
