@@ -184,7 +184,7 @@ class FixedPointModel:
             raise ValueError(f"input length {input_ids.shape[1]} exceeds max_length {self.max_length}")
         mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)
         types = torch.zeros_like(input_ids) if token_type_ids is None else torch.as_tensor(token_type_ids)
-        T = int(t_conv or self.t_conv)
+        T = int(t_conv if t_conv is not None else self.t_conv)
         if T <= 0:
             raise ValueError(f"t_conv must be positive, got {T}")
         events: dict[str, int] = {}

@@ -58,11 +58,14 @@ def _write_json(path: str | None, payload: dict) -> None:
 def cmd_teacher(args) -> int:
     from training.teacher import finetune_teacher
 
-    spec, _ = _task_and_examples(args, "dev", limit=1)
+    custom = (args.task or "").lower() == "custom"
+    spec, train_ex = _task_and_examples(args, "train", limit=args.limit_train) if custom else (None, None)
+    spec, dev_ex = _task_and_examples(args, "dev", limit=args.limit if custom else 1)
     result = finetune_teacher(spec, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
                               limit_train=args.limit_train, limit_eval=args.limit, resume=args.resume,
-                              overwrite=args.overwrite, eval_every=args.eval_every)
+                              overwrite=args.overwrite, eval_every=args.eval_every,
+                              train_examples=train_ex, eval_examples=dev_ex if custom else None)
     dev = result.get("dev") or {}
     print(f"teacher dev {spec.main_metric}: {dev.get(spec.main_metric)}  ->  {args.out}")
     _write_json(args.json, {"task": spec.name, "split": "dev", "n": result.get("dev_n"), "metrics": dev,
@@ -84,23 +87,29 @@ def cmd_distill(args) -> int:
     teacher_path = args.teacher
     teacher, tokenizer = load_teacher(teacher_path, num_labels=spec.num_labels if args.stage != "general" else None,
                                       problem_type=spec.problem_type)
+    layer_map = args.layer_map
     seed_all(args.seed)  # a new student's random parts (W_Td, classifier) are reproducible
     if args.student:
         student = SpikingBert.from_pretrained(args.student)
+        if args.max_length > student.config.max_length:
+            raise CliError(f"--max-length {args.max_length} exceeds the student's max_length "
+                           f"{student.config.max_length} ({args.student}/config.json)")
+        if student.config.num_labels != spec.num_labels:
+            raise CliError(f"{args.student} has {student.config.num_labels} outputs; task {spec.name} needs "
+                           f"{spec.num_labels}")
     else:
         config = student_config_from_teacher(teacher.config, num_layers=args.layers, t_conv=args.t_conv,
                                              max_length=args.max_length, num_labels=spec.num_labels,
                                              problem_type="regression" if spec.is_regression else "classification")
         student = SpikingBert(config)
         if args.init != "none":
-            init_student_from_teacher(student, teacher, layers=args.init == "layers")
+            init_student_from_teacher(student, teacher, layers=args.init == "layers", layer_map=layer_map)
     if args.stage == "general":
         corpus = plain_text_corpus(args.corpus) if args.corpus else plain_text_corpus(train_ex)
         train = encode(corpus, tokenizer, args.max_length)
     else:
         train = encode(train_ex, tokenizer, args.max_length)
     dev = encode(dev_ex, tokenizer, args.max_length)
-    layer_map = [int(x) for x in args.layer_map.split(",")] if args.layer_map else None
     settings = StageSettings(stage=args.stage, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              head_lr=args.head_lr, t_conv=args.train_t_conv, eval_every=args.eval_every,
                              temperature=args.temperature,
@@ -127,6 +136,9 @@ def cmd_eval(args) -> int:
     model = SpikingBert.from_pretrained(args.model)
     tokenizer = _load_tokenizer(args.model)
     spec, examples = _task_and_examples(args, args.split, limit=args.limit)
+    if model.config.num_labels != spec.num_labels:
+        raise CliError(f"{args.model} has {model.config.num_labels} outputs; task {spec.name} needs "
+                       f"{spec.num_labels} (is --task the task it was trained for?)")
     rows = []
     for T in args.t_conv:
         enc = encode(examples, tokenizer, min(args.max_length, model.config.max_length))
@@ -144,7 +156,7 @@ def cmd_eval(args) -> int:
 def cmd_pipeline(args) -> int:
     from training.pipeline import run_pipeline
 
-    eval_t = tuple(int(x) for x in args.eval_t.split(","))
+    eval_t = tuple(args.eval_t)
     run_pipeline(args.task, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, budget=args.budget,
                  resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
                  init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
@@ -169,7 +181,7 @@ def cmd_report(args) -> int:
     teacher = {"hidden_size": args.teacher_hidden, "num_hidden_layers": args.teacher_layers,
                "intermediate_size": args.teacher_intermediate}
     report = build_report(args.model, seq_len=args.seq_len, glue_dir=args.glue_dir, n_sentences=args.n_sentences,
-                          t_list=[int(t) for t in args.t_list.split(",")] if args.t_list else None,
+                          t_list=list(args.t_list) if args.t_list else None,
                           inputs=args.inputs, accuracy_json=args.accuracy_json, teacher=teacher, png=args.png,
                           fixed_point_sentences=args.fixed_point_sentences, measure=not args.no_measure)
     print("\n".join(summary_lines(report)))
@@ -192,6 +204,28 @@ def _load_tokenizer(model_dir: str):
 
 
 # ------------------------------------------------------------------------------------ parser
+def int_list(text: str) -> list[int]:
+    """argparse type of a comma-separated list of positive integers (argparse names the flag on error)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a positive integer (simulation steps, training steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_train_forward_arg(p: argparse.ArgumentParser) -> None:
     from lava_spikingbert.config import TRAIN_FORWARDS
 
@@ -232,11 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"),
                    help="new student: copy teacher embeddings (+ mapped layers)")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--layer-map", default=None, help="teacher layer (1-based) per student layer, e.g. 3,6,9,12")
-    p.add_argument("--t-conv", type=int, default=16, help="new student: evaluation simulation steps")
-    p.add_argument("--train-t-conv", type=int, default=None, help="simulation steps while training")
+    p.add_argument("--layer-map", type=int_list, default=None, help="teacher layer (1-based) per student layer, e.g. 3,6,9,12")
+    p.add_argument("--t-conv", type=positive_int, default=16, help="new student: evaluation simulation steps")
+    p.add_argument("--train-t-conv", type=positive_int, default=None, help="simulation steps while training")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--steps", type=positive_int, required=True)
     p.add_argument("--run-steps", type=int, default=None, help="stop (resumably) after this many steps")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -262,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--model", required=True)
     p.add_argument("--split", default="dev")
-    p.add_argument("--t-conv", type=int, nargs="+", default=[16])
+    p.add_argument("--t-conv", type=positive_int, nargs="+", default=[16])
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
@@ -279,14 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sst2")
     p.add_argument("--budget", default="default", choices=("tiny", "default", "full"))
     p.add_argument("--teacher", default=None, help="base teacher directory (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--restart", action="store_true", help="ignore existing outputs/checkpoints in --out")
+    p.add_argument("--restart", action="store_true",
+                   help="train everything again (teacher and all stages), replacing the outputs in --out; "
+                        "without it a re-run continues them and refuses other settings")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--t-conv", type=int, default=16)
+    p.add_argument("--t-conv", type=positive_int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"))
     p.add_argument("--gold-labels", action="store_true")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--eval-t", default="4,8,16,32,64")
+    p.add_argument("--eval-t", type=int_list, default="4,8,16,32,64")
     p.add_argument("--corpus", default=None)
     p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
     p.add_argument("--seed", type=int, default=42)
@@ -308,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sentence (default: config max_length)")
     p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
     p.add_argument("--n-sentences", type=int, default=64, help="SST-2 dev sentences for measured ASRs")
-    p.add_argument("--t-list", default="4,8,16,32", help="time steps T to measure (plus the config's t_conv)")
+    p.add_argument("--t-list", type=int_list, default="4,8,16,32", help="time steps T to measure (plus the config's t_conv)")
     p.add_argument("--inputs", default="auto", choices=("auto", "sst2", "random"))
     p.add_argument("--accuracy-json", default=None, help="eval JSON (e.g. runs/sst2/eval_vs_T.json) for the plot")
     p.add_argument("--png", default=None, help="accuracy and efficiency vs T plot")
@@ -325,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="dev")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--tag", default="fixed_pt", choices=("floating_pt", "fixed_pt"))
-    p.add_argument("--t-conv", type=int, default=None)
+    p.add_argument("--t-conv", type=positive_int, default=None)
     p.add_argument("--glue-dir", default=None)
     p.add_argument("--backend", default="sim", choices=("sim", "loihi2"))
     p.add_argument("--batch-size", type=int, default=16, help="sentences per Lava run (windows per run with --pack)")
@@ -353,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"spikingbert: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, KeyError) as exc:
         if args.verbose:
             raise
         print(f"spikingbert {args.command}: error: {exc}", file=sys.stderr)

@@ -385,7 +385,7 @@ class SpikingBert(nn.Module):
     def _simulate(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, t_conv: int | None, *,
                   dropout: SharedDropout, spike_fn, record_scores: bool, cls_only: bool,
                   chunk_steps: int | None, record_trains: bool) -> Activity:
-        T = int(t_conv or self.config.t_conv)
+        T = int(t_conv if t_conv is not None else self.config.t_conv)
         if T <= 0:
             raise ValueError(f"t_conv must be positive, got {T}")
         if self.feedback is not None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ import torch
 from conftest import ROOT
 from lava_spikingbert import SpikingBert
 from training.data import encode, get_task, load_glue, plain_text_corpus
+from training.common import improves
 from training.distill import (StageSettings, attention_loss, default_layer_map, hidden_loss, init_student_from_teacher,
-                              run_stage, soft_cross_entropy, student_config_from_teacher)
+                              run_stage, settings_differences, soft_cross_entropy, student_config_from_teacher)
 
 POS = "good great wonderful charming moving funny brilliant lovely".split()
 NEG = "bad awful boring dull tedious flat clumsy weak".split()
@@ -203,15 +205,44 @@ def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monke
         StageSettings(stage="prediction", max_steps=1, forward="bptt")
 
 
-def test_resume_refuses_a_different_training_forward(setup, tmp_path):
+def test_resume_refuses_different_settings(setup, tmp_path):
     teacher, tok, spec, train, dev = setup
-    kw = dict(stage="prediction", max_steps=2, batch_size=8, lr=1e-3, t_conv=4, eval_every=0)
+    kw = dict(stage="prediction", max_steps=3, batch_size=8, lr=1e-3, t_conv=4, eval_every=0)
     first = run_stage(StageSettings(**kw, run_steps=1, forward="rate_ann"), new_student(teacher), teacher, train,
                       tmp_path / "s", tokenizer=tok, progress=False)
     assert not first.completed
-    with pytest.raises(ValueError, match="forward 'rate_ann'; refusing to resume"):
+    with pytest.raises(ValueError, match=r"refusing to resume .*forward: 'rate_ann' -> 'spiking'"):
         run_stage(StageSettings(**kw), new_student(teacher), teacher, train, tmp_path / "s", tokenizer=tok,
                   resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"lr: 0.001 -> 0.002"):
+        run_stage(StageSettings(**{**kw, "lr": 2e-3}, forward="rate_ann"), new_student(teacher), teacher, train,
+                  tmp_path / "s", tokenizer=tok, resume=True, progress=False)
+    # how often it checkpoints or how far one call runs does not change the weights: resumable
+    second = run_stage(StageSettings(**kw, run_steps=1, checkpoint_every=7, forward="rate_ann"),
+                       new_student(teacher), teacher, train, tmp_path / "s", tokenizer=tok, resume=True,
+                       progress=False)
+    assert second.steps == 2
+
+
+def test_settings_differences_reads_old_checkpoints_with_defaults():
+    now = StageSettings(stage="general", max_steps=5)
+    old = {k: v for k, v in asdict(now).items() if k not in ("forward", "rep_weight")}
+    assert settings_differences(old, now) == {}
+    assert settings_differences({**old, "seed": 1}, now) == {"seed": (1, 42)}
+
+
+def test_empty_training_data_is_a_clear_error(setup, tmp_path):
+    teacher, tok, spec, train, dev = setup
+    empty = encode([], tok, 32)
+    with pytest.raises(ValueError, match="stage general: no training data"):
+        run_stage(StageSettings(stage="general", max_steps=2, batch_size=8, t_conv=4), new_student(teacher),
+                  teacher, empty, tmp_path / "e", tokenizer=tok, progress=False)
+
+
+def test_improves_ignores_nan():
+    assert improves(0.5, None) and improves(float("nan"), None)
+    assert improves(0.3, float("nan"))  # a NaN first evaluation (constant predictions) is replaced
+    assert not improves(float("nan"), 0.3) and not improves(0.3, 0.3) and improves(0.31, 0.3)
 
 
 def test_resume_reaches_the_same_weights(setup, tmp_path):
@@ -325,7 +356,7 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     for r in rows:
         assert set(r) >= {"task", "split", "n", "metrics", "t_conv", "backend", "precision", "wall_s",
                           "sentences_per_s"}
-        assert r["n"] == 16 and 0.0 <= r["metrics"]["accuracy"] <= 1.0
+        assert r["n"] == 16
     assert (out / "accuracy_vs_T.png").stat().st_size > 1000
     summary = json.loads((out / "pipeline_summary.json").read_text())
     assert set(summary["stages"]) >= {"general", "intermediate", "prediction"}
@@ -339,10 +370,28 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads(js.read_text())
     assert payload["t_conv"] == 4 and payload["n"] == 16 and payload["backend"] == "torch"
+    # the same simulation in other batches: the same accuracy, up to one sentence on a float-rounding tie
+    assert abs(payload["metrics"]["accuracy"] - rows[1]["metrics"]["accuracy"]) <= 1 / 16
+    # a task with another number of classes than the model's outputs is refused, naming both
+    proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "eval", "--model", str(out / "student"),
+                           "--task", "custom", "--data-file", str(glue_dir / "SST-2" / "dev.tsv"),
+                           "--labels", "0,1,2"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "has 2 outputs; task custom needs 3" in proc.stderr, proc.stderr[-2000:]
     # a second run finds everything complete and only re-evaluates
     again = run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget,
                          num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
     assert again["rows"][0]["metrics"] == rows[1]["metrics"]
+    # other settings in the same --out are refused (nothing is silently reused) ...
+    with pytest.raises(ValueError, match=r"other settings .*seed: 42 -> 1"):
+        run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,
+                     num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
+    # ... unless the run restarts: everything is trained again with the new settings
+    run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,
+                 resume=False, num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
+    assert json.loads((out / "teacher" / "teacher_metrics.json").read_text())["hparams"]["seed"] == 1
+    for stage in ("1-general", "2-intermediate", "3-prediction"):
+        assert json.loads((out / "stages" / stage / "stage_done.json").read_text())["settings"]["seed"] == 1
+    assert json.loads((out / "pipeline_settings.json").read_text())["seed"] == 1
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -351,6 +400,22 @@ def test_cli_errors_are_one_line(tmp_path):
                            "--task", "sst2"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "not a checkpoint directory" in proc.stderr
+    for flag, value in (("--eval-t", "4,x"), ("--t-conv", "0")):
+        proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "pipeline", flag, value], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and f"argument {flag}:" in proc.stderr, proc.stderr
+
+
+def test_teacher_command_trains_on_custom_files(tmp_path, glue_dir, tiny_teacher_dir):
+    d = glue_dir / "SST-2"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "teacher", "--task", "custom",
+                           "--train-file", str(d / "train.tsv"), "--data-file", str(d / "dev.tsv"),
+                           "--teacher", str(tiny_teacher_dir), "--epochs", "0.2", "--out", str(tmp_path / "t"),
+                           "--max-length", "16"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "t" / "teacher_metrics.json").read_text())
+    assert metrics["dev_n"] == 16 and metrics["train_n"] == 48, metrics
 
 
 def test_head_lr_gives_the_classifier_its_own_rate(setup):

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def improves(value: float, best: float | None) -> bool:
+    """Whether a dev metric ``value`` beats ``best`` (higher is better). NaN (e.g. a correlation of
+    constant predictions) never beats a number, and any number beats a NaN best."""
+    if math.isnan(value):
+        return best is None
+    return best is None or math.isnan(best) or value > best
 
 
 def seed_all(seed: int) -> None:

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ from lava_spikingbert import SpikingBert, SpikingBertConfig
 from lava_spikingbert.checkpoint import write_model_files
 from lava_spikingbert.config import TRAIN_FORWARDS
 from lava_spikingbert.fileio import atomic_directory, atomic_write_json
-from training.common import DistEnv, linear_schedule, make_optimizer, rng_state, seed_all, set_rng_state
+from training.common import (DistEnv, improves, linear_schedule, make_optimizer, rng_state, seed_all,
+                             set_rng_state)
 from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,22 @@ class StageSettings:
         if self.att_weight < 0 or self.rep_weight < 0 or self.att_weight + self.rep_weight == 0:
             raise ValueError(f"att_weight and rep_weight must be >= 0 and not both 0, got "
                              f"{self.att_weight}, {self.rep_weight}")
+
+
+# settings that change how a run is watched or cut into calls, not the weights it ends with
+RUN_ONLY_SETTINGS = ("run_steps", "checkpoint_every", "eval_every")
+
+
+def settings_differences(saved: dict, settings: StageSettings) -> dict[str, tuple]:
+    """{name: (saved, now)} for every setting that would make a resumed run end with other weights
+    than the saved run. A setting missing from an older checkpoint counts as its default."""
+    defaults = {f.name: f.default for f in fields(StageSettings)}
+    diff = {}
+    for name, now in asdict(settings).items():
+        was = saved.get(name, defaults[name])
+        if name not in RUN_ONLY_SETTINGS and was != now:
+            diff[name] = (was, now)
+    return diff
 
 
 # --------------------------------------------------------------------------- student set-up
@@ -213,7 +230,7 @@ def evaluate_student(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec
     dist = dist or DistEnv()
     was_training = model.training
     model.eval()
-    T = int(t_conv or model.config.t_conv)
+    T = int(t_conv if t_conv is not None else model.config.t_conv)
     n = len(encoded)
     logits = torch.zeros(n, model.config.num_labels)
     start = time.perf_counter()
@@ -291,6 +308,8 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         raise ValueError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
     regression = student.config.problem_type == "regression"
 
+    if not resume and dist.is_main:  # a fresh run: an earlier run's completion mark no longer applies
+        (stage_dir / DONE_FILE).unlink(missing_ok=True)
     seed_all(settings.seed)
     student.train()
     optimizer = make_optimizer(student, settings.lr, settings.weight_decay, head_lr=settings.head_lr)
@@ -299,12 +318,13 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0
     if resume and (ckpt_dir / STATE_FILE).is_file():
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
-        saved = state["settings"]
-        saved_forward = saved.get("forward", "spiking")  # checkpoints from before the option trained spiking
-        if (saved["stage"], saved["max_steps"], saved_forward) != (settings.stage, settings.max_steps,
-                                                                   settings.forward):
-            raise ValueError(f"{ckpt_dir}: checkpoint is for stage {saved['stage']} with {saved['max_steps']} steps "
-                             f"and forward {saved_forward!r}; refusing to resume with different settings")
+        diff = settings_differences(state["settings"], settings)
+        saved_world = state.get("world_size")  # not recorded by checkpoints of earlier versions
+        if saved_world is not None and saved_world != dist.world_size:
+            diff["processes"] = (saved_world, dist.world_size)
+        if diff:
+            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+            raise ValueError(f"{ckpt_dir}: refusing to resume with different settings (saved -> now): {listed}")
         from safetensors.torch import load_file
         student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
@@ -316,7 +336,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
             logger.info("resuming stage %s at step %d/%d", settings.stage, step, settings.max_steps)
 
     def checkpoint_state() -> dict:
-        return {"settings": asdict(settings), "step": step, "best": best, "history": history,
+        return {"settings": asdict(settings), "world_size": dist.world_size, "step": step, "best": best, "history": history,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 "wall_s": wall_before + (time.perf_counter() - start), "sentences": seen}
 
@@ -328,7 +348,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         student.train()
         value = result["metrics"][spec.main_metric]
         history.append({"step": step, spec.main_metric: value})
-        if best is None or value > best:
+        if improves(value, best):
             best = value
             if dist.is_main:
                 save_checkpoint(stage_dir / "best", student, tokenizer)
@@ -341,6 +361,9 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     mode = "equilibrium" if settings.forward == "spiking" else "steady_state"
     per_epoch = len(length_bucketed_batches(train, settings.batch_size, shuffle=True, seed=settings.seed,
                                             rank=dist.rank, world_size=dist.world_size))
+    if per_epoch == 0:
+        raise ValueError(f"stage {settings.stage}: no training data ({len(train)} examples for "
+                         f"{dist.world_size} process(es)); check the corpus / training file and --limit-train")
     start = time.perf_counter()
     seen = seen_before
     steps_this_call = 0

@@ -3,11 +3,15 @@
 ``run_pipeline`` leaves ``OUT/teacher/`` (fine-tuned HF BERT), ``OUT/student/`` (the final spiking
 student, HF-style), ``OUT/stages/{1-general,2-intermediate,3-prediction}/``, ``OUT/eval_vs_T.json``,
 ``OUT/accuracy_vs_T.png`` and ``OUT/pipeline_summary.json``. Every step is skipped when its output
-is complete, so re-running with ``resume=True`` after a kill continues where it stopped.
+is complete, so re-running with ``resume=True`` after a kill continues where it stopped; the
+settings are recorded in ``OUT/pipeline_settings.json`` and a re-run with other settings is refused.
+``resume=False`` (``--restart``) trains everything again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -48,10 +52,13 @@ BUDGETS = {
                    eval_batch_size=8),
     "default": Budget(teacher_epochs=1, general_steps=300, intermediate_steps=700, prediction_steps=600,
                       train_t_conv=8, eval_every=200),
+    # train_t_conv 8, not 16: training at the evaluation's T=16 costs 1.9x per step and gave no better
+    # student in session 5's stage-3 comparison (docs/RESULTS.md), so the steps are spent on length
     "full": Budget(teacher_epochs=3, general_steps=4000, intermediate_steps=8000, prediction_steps=4000,
-                   train_t_conv=16, eval_every=500),
+                   train_t_conv=8, eval_every=500),
 }
 EVAL_T = (4, 8, 16, 32, 64)
+RUN_SETTINGS_FILE = "pipeline_settings.json"
 
 
 def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
@@ -99,21 +106,26 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     per_rank_batch = b.batch_size // dist.world_size
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    base_teacher_path = teacher_path or default_teacher_path()
+    _check_run_settings(out, {
+        "task": spec.name, "budget": dataclasses.asdict(b), "teacher": str(base_teacher_path),
+        "num_layers": num_layers, "t_conv": t_conv, "max_length": max_length, "init": init,
+        "gold_labels": gold_labels, "temperature": temperature, "general_corpus": general_corpus, "seed": seed,
+        "weights": weights, "train_forward": train_forward}, resume=resume, dist=dist)
     timings: dict[str, dict] = {}
     t_start = time.perf_counter()
 
     # 1. teacher ------------------------------------------------------------------------------
     teacher_dir = out / "teacher"
-    base_teacher_path = teacher_path or default_teacher_path()
-    if not (teacher_dir / "teacher_metrics.json").is_file() or not (teacher_dir / "config.json").is_file() \
-            or _teacher_incomplete(teacher_dir):
+    if not resume or not (teacher_dir / "teacher_metrics.json").is_file() \
+            or not (teacher_dir / "config.json").is_file() or _teacher_incomplete(teacher_dir):
         if dist.is_main:
             t0 = time.perf_counter()
             with dist.main_only_threads():
                 tm = finetune_teacher(spec, teacher_dir, glue_dir=glue_dir, teacher_path=base_teacher_path,
                                       epochs=b.teacher_epochs, max_length=max_length, seed=seed,
                                       limit_train=b.teacher_limit, limit_eval=b.dev_limit, resume=resume,
-                                      progress=progress)
+                                      overwrite=not resume, progress=progress)
             timings["teacher"] = {"wall_s": time.perf_counter() - t0, "dev": tm.get("dev")}
         dist.barrier()
     teacher_metrics = _read_json(teacher_dir / "teacher_metrics.json")
@@ -151,7 +163,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         if previous is not None:
             student = SpikingBert.from_pretrained(previous)
             student.config.t_conv = t_conv
-        if stage_done(stage_dir):
+        if resume and stage_done(stage_dir):
             logger.info("stage %s already complete: %s", stage, stage_dir)
         else:
             settings = _stage_settings(stage, b, seed=seed, weights=weights, batch_size=per_rank_batch,
@@ -189,14 +201,32 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     return {"rows": rows, "student_dir": student_dir, "teacher": teacher_metrics}
 
 
+def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> None:
+    """Outputs in ``out`` are reused only by a run with the same settings: compare with the settings
+    recorded by the run that made them (``--restart`` starts over and records the new ones)."""
+    path = out / RUN_SETTINGS_FILE
+    settings = json.loads(json.dumps(settings))  # as JSON would give them back (tuples -> lists)
+    if resume and path.is_file():
+        saved = _read_json(path)
+        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        if diff:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"{out} holds the outputs of a run with other settings (saved -> now): {listed}. "
+                             "Use another --out, or --restart to start over in this one")
+    elif resume and any((out / d).exists() for d in ("teacher", "stages")):
+        logger.warning("%s: earlier outputs without a record of their settings (%s); reusing them", out,
+                       RUN_SETTINGS_FILE)
+    if dist.is_main:
+        atomic_write_json(path, settings)
+    dist.barrier()
+
+
 def _teacher_incomplete(teacher_dir: Path) -> bool:
     m = _read_json(teacher_dir / "teacher_metrics.json") if (teacher_dir / "teacher_metrics.json").is_file() else {}
     return not m.get("completed", True)
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(Path(path).read_text())
 
 

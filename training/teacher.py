@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from lava_spikingbert.fileio import atomic_write_json
-from training.common import linear_schedule, make_optimizer, rng_state, seed_all, set_rng_state
+from training.common import improves, linear_schedule, make_optimizer, rng_state, seed_all, set_rng_state
 from training.data import (
     EncodedDataset,
     Example,
@@ -432,10 +432,12 @@ def finetune_teacher(
     if state is not None and not resume:
         if not overwrite:
             raise FileExistsError(
-                f"{out_dir} already holds a training state; pass resume=True to continue it or overwrite=True "
-                "to start over"
+                f"{out_dir} already holds a training state: continue it with --resume, or start over with "
+                "--overwrite (Python: resume=True / overwrite=True)"
             )
         shutil.rmtree(out_dir / STATE_DIR)
+        # the old run's metrics go too: they would mark a half-trained new run as complete
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
         state = None
     if state is not None:
         diff = {k: (state["hparams"].get(k), v) for k, v in hparams.items() if state["hparams"].get(k) != v}
@@ -553,7 +555,7 @@ def finetune_teacher(
         epoch_f = run["global_step"] / steps_per_epoch
         entry = {"step": run["global_step"], "epoch": round(epoch_f, 4), **res["metrics"]}
         run["history"].append(entry)
-        improved = run["best"] is None or (not math.isnan(value) and not value <= run["best"]["value"])
+        improved = improves(value, run["best"]["value"] if run["best"] is not None else None)
         if improved:
             run["best"] = {
                 "value": value,

@@ -274,10 +274,13 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
         raise ValueError("--workers > 1 runs on the simulator only")
     mf = load_file(model)
     params = lava_params(mf, tag)
-    T = int(t_conv or params.t_conv)
+    T = int(t_conv if t_conv is not None else params.t_conv)
     if T <= 0:
         raise ValueError(f"--t-conv must be positive, got {T}")
     spec = get_task(task)
+    if params.num_labels != spec.num_labels:
+        raise ValueError(f"{model}: the model has {params.num_labels} outputs; task {spec.name} needs "
+                         f"{spec.num_labels} (is --task the task it was trained for?)")
     examples = load_glue(spec, split, glue_dir, limit=limit)
     if not examples:
         raise ValueError(f"{task} {split}: no examples")
@@ -338,7 +341,10 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
         "backend": "lava-sim" if backend == "sim" else "lava-loihi2", "requested_backend": requested,
         "backend_note": backend_note, "precision": mf.precision,
         "metrics": metrics,
-        "prediction_agreement": float((ref_logits.argmax(-1) == logits.argmax(-1)).mean()) if parity else None,
+        # classification: same class as the torch reference; regression: same score (float32 tolerance)
+        "prediction_agreement": (float(np.isclose(ref_logits[:, 0], logits[:, 0], rtol=1e-4, atol=1e-5).mean())
+                                 if spec.is_regression else float((ref_logits.argmax(-1) == logits.argmax(-1)).mean()))
+        if parity else None,
         "spike_count_match": float(match.mean()) if parity else None,
         "per_population_asr_diff": ({k: v[0] / max(v[1], 1.0) for k, v in asr_diff.items()}
                                     if parity else None),  # mean over real tokens x neurons
