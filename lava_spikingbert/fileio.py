@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -57,26 +57,63 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
+def _swap_paths(path: Path) -> tuple[Path, Path]:
+    return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
 
-    The previous content of ``path`` (if any) is kept until the new directory is complete.
+
+def recover_directory(path: str | Path, carry: Iterable[str] = ()) -> None:
+    """Finish or roll back a replacement by ``atomic_directory`` that a crash interrupted.
+
+    The new directory is complete before the old one is moved aside, so: ``path`` missing with
+    both the new (``.NAME.tmp``) and the old (``.NAME.old``) copy present means the crash came
+    between the two renames (finish it, carrying ``carry`` over); only the old copy: roll back;
+    a new copy beside an existing ``path`` is an unfinished write (drop it)."""
+    path = Path(path)
+    tmp, old = _swap_paths(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # unfinished writes of earlier versions
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    if path.exists():
+        for p in (tmp, old):
+            if p.exists():
+                shutil.rmtree(p)
+    elif old.exists() and tmp.exists():
+        for name in carry:
+            if (old / name).exists() and not (tmp / name).exists():
+                os.replace(old / name, tmp / name)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    elif old.exists():
+        os.replace(old, path)
+    elif tmp.exists():
+        shutil.rmtree(tmp)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, carry: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield an empty sibling directory; on success it replaces ``path``.
+
+    The previous content of ``path`` stays until the new directory is complete; the entries named
+    in ``carry`` (e.g. a training state kept beside a model) move from the old directory into the
+    new one. A crash at any point leaves either the old or the new directory, restored by
+    ``recover_directory`` (called here and by readers that resume from ``path``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    recover_directory(path, carry)
+    tmp, old = _swap_paths(path)
+    tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if path.exists():
+        os.replace(path, old)
+        for name in carry:
+            if (old / name).exists() and not (tmp / name).exists():
+                os.replace(old / name, tmp / name)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)

@@ -348,3 +348,39 @@ def test_input_errors(model):
         model(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="mode must be one of"):
         model(torch.ones(1, 4, dtype=torch.long), mode="magic")
+
+
+def test_atomic_directory_replaces_carries_and_recovers(tmp_path):
+    from lava_spikingbert.fileio import atomic_directory, recover_directory
+
+    d = tmp_path / "ckpt"
+
+    def write(files: dict, carry=()):
+        with atomic_directory(d, carry=carry) as tmp:
+            for name, text in files.items():
+                (tmp / name).write_text(text)
+
+    write({"model": "1", "state": "s1"})
+    write({"model": "2"}, carry=("state",))  # the state moves over into the new directory
+    assert sorted(p.name for p in d.iterdir()) == ["model", "state"] and (d / "state").read_text() == "s1"
+    with pytest.raises(RuntimeError):  # a failing write keeps the previous directory
+        with atomic_directory(d) as tmp:
+            (tmp / "model").write_text("half")
+            raise RuntimeError
+    assert (d / "model").read_text() == "2" and not list(tmp_path.glob(".ckpt.*"))
+    # a crash between the two renames: the complete new copy is finished, carrying the state
+    tmp, old = tmp_path / ".ckpt.tmp", tmp_path / ".ckpt.old"
+    d.rename(old)
+    tmp.mkdir()
+    (tmp / "model").write_text("3")
+    recover_directory(d, carry=("state",))
+    assert (d / "model").read_text() == "3" and (d / "state").read_text() == "s1" and not old.exists()
+    # only the old copy (the crash came before the new one was complete): roll back
+    d.rename(old)
+    recover_directory(d)
+    assert (d / "model").read_text() == "3"
+    # unfinished writes beside a complete directory (also earlier versions' random names) are dropped
+    tmp.mkdir()
+    (tmp_path / ".ckpt.abc123.tmp").mkdir()
+    recover_directory(d)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

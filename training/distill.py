@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from lava_spikingbert import SpikingBert, SpikingBertConfig
 from lava_spikingbert.checkpoint import write_model_files
 from lava_spikingbert.config import TRAIN_FORWARDS
-from lava_spikingbert.fileio import atomic_directory, atomic_write_json
+from lava_spikingbert.fileio import atomic_directory, atomic_write_json, recover_directory
 from training.common import (DistEnv, improves, linear_schedule, make_optimizer, rng_state, seed_all,
                              set_rng_state)
 from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
@@ -316,6 +316,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     scheduler = linear_schedule(optimizer, int(settings.warmup * settings.max_steps), settings.max_steps,
                                 decay=settings.decay)
     step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0
+    recover_directory(ckpt_dir)  # a crash while a checkpoint replaced the previous one
     if resume and (ckpt_dir / STATE_FILE).is_file():
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
         diff = settings_differences(state["settings"], settings)

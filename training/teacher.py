@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lava_spikingbert.fileio import atomic_write_json
+from lava_spikingbert.fileio import atomic_directory, atomic_write_json, recover_directory
 from training.common import improves, linear_schedule, make_optimizer, rng_state, seed_all, set_rng_state
 from training.data import (
     EncodedDataset,
@@ -311,46 +311,12 @@ def evaluate_teacher(
 # --------------------------------------------------------------------------------------------------
 
 
-def _swap_paths(out_dir: Path) -> tuple[Path, Path]:
-    return out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
-
-
-def _recover_out_dir(out_dir: Path) -> None:
-    """Finish or roll back a best-checkpoint swap interrupted by a crash."""
-    tmp, old = _swap_paths(out_dir)
-    if out_dir.exists():
-        for p in (tmp, old):
-            if p.exists():
-                shutil.rmtree(p)
-        return
-    if old.exists() and tmp.exists():
-        for name in (STATE_DIR, METRICS_FILE):
-            if (old / name).exists() and not (tmp / name).exists():
-                os.replace(old / name, tmp / name)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    elif old.exists():
-        os.replace(old, out_dir)
-    elif tmp.exists():
-        shutil.rmtree(tmp)
-
-
 def _save_hf_atomic(model, tokenizer, out_dir: Path) -> None:
-    """save_pretrained into a temp sibling, then swap it in, carrying the training state and metrics over."""
-    tmp, old = _swap_paths(out_dir)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-        for name in (STATE_DIR, METRICS_FILE):
-            if (old / name).exists():
-                os.replace(old / name, tmp / name)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
+    """save_pretrained into a new directory that replaces ``out_dir``, carrying the training state and
+    metrics over (a crash in between is repaired by ``recover_directory``)."""
+    with atomic_directory(out_dir, carry=(STATE_DIR, METRICS_FILE)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def _save_state(out_dir: Path, state: dict) -> None:
@@ -413,7 +379,7 @@ def finetune_teacher(
         torch.set_num_threads(num_threads)
     spec = get_task(task)
     out_dir = Path(out_dir)
-    _recover_out_dir(out_dir)
+    recover_directory(out_dir, carry=(STATE_DIR, METRICS_FILE))
     hparams = {
         "task": spec.name,
         "teacher_path": str(teacher_path if teacher_path is not None else default_teacher_path()),
