@@ -97,6 +97,14 @@ def run_info(args) -> dict:
 
 # ---------------------------------------------------------------------------------------- data
 def glue_dir(arg: str | None) -> Path:
+    """The GLUE directory: ``training.data.resolve_glue_dir`` (flag, $GLUE_DIR, ../shared/data/glue)
+    when the project is importable, else the same order without its checks."""
+    try:
+        from training.data import resolve_glue_dir
+    except ImportError:
+        pass
+    else:
+        return resolve_glue_dir(arg)
     if arg:
         return Path(arg).expanduser()
     env = os.environ.get("GLUE_DIR")
@@ -153,13 +161,9 @@ def tokenize(sentences: Sequence[str], max_length: int = 128) -> list[list[int]]
 def pad_batch(ids: Sequence[Sequence[int]], length: int | None = None):
     """(input_ids, attention_mask, token_type_ids) long tensors, right-padded with 0 to ``length``
     (default: the longest sequence)."""
-    width = max(len(x) for x in ids) if length is None else int(length)
-    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for r, seq in enumerate(ids):
-        input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[r, : len(seq)] = 1
-    return input_ids, mask, torch.zeros_like(input_ids)
+    from lava_spikingbert.inference import right_pad
+
+    return right_pad(ids, length=length)
 
 
 def bucketed(ids: Sequence[Sequence[int]], batch_size: int, exact_length: bool = False) -> Iterator[list[int]]:

@@ -24,6 +24,7 @@ import time
 
 from _common import (add_common_args, build_model, glue_dir, run_info, setup_torch, table, tokenizer,
                      write_json)
+from lava_spikingbert.inference import right_pad
 
 
 def _tokenizer_for(model_dir: str | None):
@@ -49,8 +50,6 @@ def main() -> None:
     parser.add_argument("--scale-exp", type=int, default=10)
     args = parser.parse_args()
     setup_torch(args.threads)
-
-    import torch
 
     from hw_export.quantize import quantize_model
     from lava_spikingbert import SpikingBert
@@ -94,17 +93,13 @@ def main() -> None:
         fp = FixedPointModel.from_model(q, scale_exp=args.scale_exp)
         n = min(args.fixed_point, len(dev))
         start, correct, agree, events = time.perf_counter(), 0, 0, {}
-        ref_preds = next(r for r in rows if r["precision"] == q.config.weights)["_preds"]
+        # the float simulation of the same quantized model: the model itself, or its int8 PTQ row
+        # (evaluated here when --modes left it out)
+        ref = rows[0] if q is model else next((r for r in rows if r["name"] == "int8 (PTQ)"), None)
+        ref_preds = (ref or evaluate("int8 (PTQ)", q, "fixed-point reference"))["_preds"]
         for s in range(0, n, 16):
             idx = list(range(s, min(n, s + 16)))
-            L = max(len(dev.input_ids[i]) for i in idx)
-            ids = torch.zeros(len(idx), L, dtype=torch.long)
-            tt, mask = torch.zeros_like(ids), torch.zeros_like(ids)
-            for r_, i in enumerate(idx):
-                k = len(dev.input_ids[i])
-                ids[r_, :k] = torch.tensor(dev.input_ids[i])
-                tt[r_, :k] = torch.tensor(dev.token_type_ids[i])
-                mask[r_, :k] = 1
+            ids, mask, tt = right_pad([dev.input_ids[i] for i in idx], [dev.token_type_ids[i] for i in idx])
             res = fp.run(ids, mask, tt, T)
             pred = res.logits.argmax(-1).tolist()
             correct += sum(int(p == dev.labels[i]) for p, i in zip(pred, idx))

@@ -158,7 +158,7 @@ def _lava_import_guard() -> None:
     ctx._actual_context = None
 
 
-def _run(source_proc, neuron, spikes: np.ndarray, extra_steps: int = 1):
+def _run(source_proc, neuron, spikes: np.ndarray, extra_steps: int = 1, timeout: float | None = 600.0):
     """Drive ``source_proc`` -> ... -> ``neuron`` with ``spikes`` (T, H); returns (v trace, s trace)."""
     _lava_import_guard()
     from lava.magma.core.run_conditions import RunSteps
@@ -177,12 +177,20 @@ def _run(source_proc, neuron, spikes: np.ndarray, extra_steps: int = 1):
     neuron.s_out.connect(sink.a_in)
     mon = Monitor()
     mon.probe(neuron.v, steps)
+    # as lava_spikingbert.lava.runner.run_network: a non-blocking run watched for dead model
+    # processes (Lava's blocking wait hangs when one raises), and a stop that cannot hang and
+    # leaves no child process behind
+    from lava_spikingbert.lava.runner import ChildGuard, _wait_for_run, shutdown
+
+    guard = ChildGuard()
     try:
-        src.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        src.create_runtime(run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        src.run(condition=RunSteps(num_steps=steps, blocking=False))
+        _wait_for_run(src.runtime, timeout)
         v = mon.get_data()[neuron.name]["v"]
         s = sink.data.get().T
     finally:
-        src.stop()
+        shutdown(src, guard)
     return np.asarray(v, dtype=np.int64), np.asarray(s, dtype=np.int64)
 
 

@@ -199,20 +199,12 @@ def _inputs(mf: ModelFile, *, glue_dir, n: int, seq_len: int, inputs: str, seed:
 
 
 def _batches(sents, batch_size: int):
-    import torch
+    from lava_spikingbert.inference import right_pad
 
     order = sorted(range(len(sents)), key=lambda i: len(sents[i][0]))
     for k in range(0, len(order), batch_size):
         idx = order[k:k + batch_size]
-        L = max(len(sents[i][0]) for i in idx)
-        ids = torch.zeros(len(idx), L, dtype=torch.long)
-        tt = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(idx):
-            a, b = sents[i]
-            ids[r, :len(a)] = torch.tensor(a)
-            tt[r, :len(b)] = torch.tensor(b)
-            mask[r, :len(a)] = 1
+        ids, mask, tt = right_pad([sents[i][0] for i in idx], [sents[i][1] for i in idx])
         yield idx, ids, tt, mask
 
 

@@ -22,6 +22,22 @@ import torch
 Batch = Sequence[torch.Tensor]  # (input_ids, attention_mask, token_type_ids)
 
 
+def right_pad(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None = None, *,
+              pad_id: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, token_type_ids) long tensors of token sequences, right-padded
+    with ``pad_id`` (type 0, mask 0) to ``length`` (default: the longest sequence)."""
+    width = max(len(x) for x in input_ids) if length is None else int(length)
+    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(input_ids), width, dtype=torch.long)
+    types = torch.zeros(len(input_ids), width, dtype=torch.long)
+    for r, seq in enumerate(input_ids):
+        ids[r, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[r, : len(seq)] = 1
+        if token_type_ids is not None:
+            types[r, : len(seq)] = torch.as_tensor(token_type_ids[r], dtype=torch.long)
+    return ids, mask, types
+
+
 @contextmanager
 def intra_op_threads(n: int):
     """Run the block with ``n`` intra-op threads (process-wide in torch), then restore the count."""

@@ -840,17 +840,11 @@ class LengthBucketedBatches:
     def collate(self, idx: np.ndarray) -> dict:
         import torch
 
+        from lava_spikingbert.inference import right_pad
+
         enc = self.encoded
-        width = max(len(enc.input_ids[i]) for i in idx)
-        b = len(idx)
-        input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((b, width), dtype=torch.long)
-        attention_mask = torch.zeros((b, width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids = enc.input_ids[i]
-            input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            token_type_ids[r, : len(ids)] = torch.tensor(enc.token_type_ids[i], dtype=torch.long)
-            attention_mask[r, : len(ids)] = 1
+        input_ids, attention_mask, token_type_ids = right_pad(
+            [enc.input_ids[i] for i in idx], [enc.token_type_ids[i] for i in idx], pad_id=self.pad_id)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -74,14 +74,11 @@ def tokenize(tok, examples) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return ids, types
 
 
-def pad(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    L = max(len(s) for s in seqs)
-    out = np.zeros((len(seqs), L), np.int64)
-    mask = np.zeros((len(seqs), L), np.int64)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return out, mask
+def pad(ids: list[np.ndarray], types: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, mask, types) int64 arrays, right-padded with 0."""
+    from lava_spikingbert.inference import right_pad
+
+    return tuple(t.numpy() for t in right_pad(ids, types))
 
 
 def lava_params(mf, tag: str):
@@ -149,8 +146,7 @@ def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray]
         for first in range(0, len(order), batch_size):
             idx = order[first:first + batch_size]
             run_ids, run_types = [all_ids[i] for i in idx], [all_types[i] for i in idx]
-            ids, mask = pad(run_ids)
-            types, _ = pad(run_types)
+            ids, mask, types = pad(run_ids, run_types)
             zeros = np.zeros(len(idx), np.int64)
             yield LavaRun(idx, lava_input(mf, params, ids, types), mask, np.arange(len(idx)), zeros, zeros,
                           np.zeros((len(idx), 1), np.int64), run_ids, run_types)
@@ -161,8 +157,7 @@ def plan_runs(mf, params, all_ids: list[np.ndarray], all_types: list[np.ndarray]
     window_tokens = int(window_tokens or max(128, int(lengths.max())))
     if window_tokens < lengths.max():
         raise ValueError(f"--window {window_tokens} is shorter than the longest sentence ({lengths.max()} tokens)")
-    ids, mask = pad(all_ids)
-    types, _ = pad(all_types)
+    ids, mask, types = pad(all_ids, all_types)
     packed = pack_sentences(lava_input(mf, params, ids, types), mask, window_tokens)
     for sub, idx in packed.chunks(batch_size):
         yield LavaRun(idx, sub.emb, sub.allowed, sub.window, sub.slot, sub.start, sub.cls_index,
@@ -201,8 +196,7 @@ def process_run(mf, params, run: LavaRun, *, tag: str, t_conv: int, parity: bool
     outcome = RunOutcome(run.sentences, logits, None, None, {}, lava_s, 0.0, res.num_steps, run.emb.shape[0])
     if not parity:
         return outcome
-    ids, mask = pad(run.ids)
-    types, _ = pad(run.types)
+    ids, mask, types = pad(run.ids, run.types)
     packed = run.mask.ndim == 3
     emb = lava_input(mf, params, ids, types) if packed else run.emb
     t0 = time.perf_counter()
