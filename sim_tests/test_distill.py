@@ -264,22 +264,40 @@ def test_resume_reaches_the_same_weights(setup, tmp_path):
 
 
 def test_resume_after_kill(tmp_path, glue_dir, tiny_teacher_dir):
-    """A real SIGKILL once the first checkpoint exists; --resume ends with the uninterrupted weights."""
+    """A real SIGKILL right after the first checkpoint; --resume ends with the uninterrupted weights."""
+    import psutil
+
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "lava_spikingbert.cli", "distill", "--stage", "intermediate", "--task", "sst2",
-           "--glue-dir", str(glue_dir), "--teacher", str(tiny_teacher_dir), "--layers", "2", "--t-conv", "4",
-           "--train-t-conv", "4", "--max-length", "16", "--batch-size", "8", "--lr", "1e-3", "--steps", "20",
-           "--checkpoint-every", "3"]
+    args = ["distill", "--stage", "intermediate", "--task", "sst2",
+            "--glue-dir", str(glue_dir), "--teacher", str(tiny_teacher_dir), "--layers", "2", "--t-conv", "4",
+            "--train-t-conv", "4", "--max-length", "16", "--batch-size", "8", "--lr", "1e-3", "--steps", "20",
+            "--checkpoint-every", "3"]
+    cmd = [sys.executable, "-m", "lava_spikingbert.cli", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the run stops itself (SIGSTOP) once its first checkpoint is written, so the kill always lands
+    # between checkpoints, however fast the machine
+    stop_after_checkpoint = (
+        "import os, signal, sys\n"
+        "import training.distill as d\n"
+        "save = d.save_checkpoint\n"
+        "def save_then_stop(path, model, tokenizer=None, state=None):\n"
+        "    save(path, model, tokenizer, state)\n"
+        "    if state is not None:\n"
+        "        os.kill(os.getpid(), signal.SIGSTOP)\n"
+        "d.save_checkpoint = save_then_stop\n"
+        "from lava_spikingbert.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", stop_after_checkpoint, *args, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (out / "checkpoint" / "training_state.pt").is_file() and time.time() < deadline:
-        if proc.poll() is not None:
-            break
+    while proc.poll() is None and psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED \
+            and time.time() < deadline:
         time.sleep(0.05)
+    assert (out / "checkpoint" / "training_state.pt").is_file()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert torch.load(out / "checkpoint" / "training_state.pt", weights_only=False)["step"] == 3
     assert not (out / "final").exists()
     resumed = subprocess.run(cmd + ["--out", str(out), "--resume"], env=env, capture_output=True, text=True,
                              timeout=600)
