@@ -177,17 +177,23 @@ def _inputs(mf: ModelFile, *, glue_dir, n: int, seq_len: int, inputs: str, seed:
         try:
             if not mf.tokenizer_files:
                 raise ModelFileError("the model file has no tokenizer")
-            from training.data import encode, get_task, load_glue
+            from training.data import TASKS, encode, get_task, load_glue
 
-            spec = get_task("sst2")
+            # auto: the dev sentences of the GLUE task the model was trained for (SST-2 if unknown)
+            trained_for = (cfg.get("extra") or {}).get("task")
+            task = trained_for if inputs == "auto" and trained_for in TASKS else "sst2"
+            spec = get_task(task)
             examples = load_glue(spec, "dev", glue_dir, limit=n)
             enc = encode(examples, mf.load_tokenizer(), max_len)
             if max(max(x) for x in enc.input_ids) >= int(cfg["vocab_size"]):
                 raise ModelFileError("tokenizer ids exceed the model's vocabulary")
             sents = list(zip(enc.input_ids, enc.token_type_ids))
-            return sents, list(enc.labels) if enc.labels is not None else None, \
-                f"SST-2 dev, first {len(sents)} sentences, max_length {max_len}"
-        except (ModelFileError, FileNotFoundError, OSError, ValueError) as exc:
+            # a sample accuracy only where the labels are the model's own classes
+            scored = (enc.labels is not None and not spec.is_regression and trained_for in (None, spec.name)
+                      and spec.num_labels == int(cfg["num_labels"]))
+            return sents, list(enc.labels) if scored else None, \
+                f"{spec.glue_name} dev, first {len(sents)} sentences, max_length {max_len}"
+        except (ModelFileError, FileNotFoundError, OSError, ValueError, KeyError) as exc:
             if inputs == "sst2":
                 raise ModelFileError(f"cannot measure on SST-2: {exc}") from None
             reason = str(exc)
@@ -195,7 +201,7 @@ def _inputs(mf: ModelFile, *, glue_dir, n: int, seq_len: int, inputs: str, seed:
     vocab = int(cfg["vocab_size"])
     sents = [(list(rng.integers(1, vocab, size=max_len)), [0] * max_len) for _ in range(n)]
     note = f"random token ids (seed {seed}), {n} x {max_len} tokens"
-    return sents, None, note + (f"; SST-2 not used: {reason}" if reason else "")
+    return sents, None, note + (f"; GLUE dev sentences not used: {reason}" if reason else "")
 
 
 def _batches(sents, batch_size: int):

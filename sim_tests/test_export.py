@@ -373,3 +373,29 @@ def test_constants_and_depths_agree_with_the_core():
     pops, _, _ = schema.graph_layout({"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3})
     assert [p["name"] for p in pops] == encoder.population_names(3)
     assert {p["name"]: p["lava_depth"] for p in pops} == population_depths(3, 0)
+
+
+def test_report_auto_inputs_follow_the_models_task(tmp_path):
+    """``report --inputs auto`` measures on the dev sentences of the task the model was trained for,
+    and scores them only when the labels are the model's own classes."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from hw_export.report import _inputs
+    from training.teacher import default_teacher_path
+
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\na fine film\t1\ndull\t0\nbad plot\t0\n")
+    tok = AutoTokenizer.from_pretrained(default_teacher_path(), local_files_only=True)
+
+    def model_file(task, num_labels=2):
+        cfg = {"max_length": 16, "vocab_size": tok.vocab_size, "num_labels": num_labels, "extra": {"task": task}}
+        return SimpleNamespace(config=cfg, tokenizer_files={"tokenizer.json": b""}, load_tokenizer=lambda: tok)
+
+    sents, labels, note = _inputs(model_file("sst2"), glue_dir=tmp_path, n=3, seq_len=16, inputs="auto")
+    assert len(sents) == 3 and labels == [1, 0, 0] and note.startswith("SST-2 dev")
+    _, labels, note = _inputs(model_file("sst2", num_labels=3), glue_dir=tmp_path, n=3, seq_len=16, inputs="auto")
+    assert labels is None and note.startswith("SST-2 dev")
+    sents, labels, note = _inputs(model_file("rte"), glue_dir=tmp_path, n=3, seq_len=16, inputs="auto")
+    assert labels is None and note.startswith("random token ids") and "RTE" in note

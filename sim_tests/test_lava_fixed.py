@@ -162,6 +162,9 @@ def test_cli_lava_writes_json(cli_model, tag, pack, tmp_path):
         assert out["windows"] < out["n"]
     if tag == "fixed_pt":
         assert out["spike_count_match"] == 1.0 and out["prediction_agreement"] == 1.0
+    else:  # float32 in Lava and in torch: rounding may move a spike, not the predictions of 4 sentences
+        assert out["prediction_agreement"] >= 0.75, out
+        assert max(out["per_population_asr_diff"].values()) < 0.02, out["per_population_asr_diff"]
 
 
 def test_cli_lava_errors_are_one_line(tmp_path, cli_model):
