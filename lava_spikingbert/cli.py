@@ -104,6 +104,8 @@ def cmd_distill(args) -> int:
         student = SpikingBert(config)
         if args.init != "none":
             init_student_from_teacher(student, teacher, layers=args.init == "layers", layer_map=layer_map)
+    if spec.labels:  # custom classification data: the class order, for evaluating the checkpoint later
+        student.config.extra["labels"] = list(spec.labels)
     if args.stage == "general":
         corpus = plain_text_corpus(args.corpus) if args.corpus else plain_text_corpus(train_ex)
         train = encode(corpus, tokenizer, args.max_length)
@@ -135,6 +137,8 @@ def cmd_eval(args) -> int:
     torch.set_num_threads(args.threads)
     model = SpikingBert.from_pretrained(args.model)
     tokenizer = _load_tokenizer(args.model)
+    if (args.task or "").lower() == "custom" and not args.labels and model.config.extra.get("labels"):
+        args.labels = ",".join(model.config.extra["labels"])  # the classes in the order it was trained with
     spec, examples = _task_and_examples(args, args.split, limit=args.limit)
     if model.config.num_labels != spec.num_labels:
         raise CliError(f"{args.model} has {model.config.num_labels} outputs; task {spec.name} needs "

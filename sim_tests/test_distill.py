@@ -455,3 +455,41 @@ def test_head_lr_gives_the_classifier_its_own_rate(setup):
     assert groups[0]["lr"] == pytest.approx(5e-3 * 0.9) and opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.9)
     plain = make_optimizer(student, 1e-4, 0.01)
     assert len(plain.param_groups) == 2
+
+
+def test_custom_data_distill_then_eval_keeps_the_class_order(tmp_path, glue_dir, tiny_teacher_dir):
+    """A student distilled on custom string labels records their order, so evaluating it on a file
+    that lacks one of the classes (no --labels) still maps every label to the trained class id."""
+    rows = [line.split("\t") for line in (glue_dir / "SST-2" / "train.tsv").read_text().splitlines()[1:]]
+    names = {"0": "neg", "1": "pos"}
+    (tmp_path / "train.tsv").write_text("text\tsentiment\n" + "".join(f"{s}\t{names[y]}\n" for s, y in rows))
+    (tmp_path / "dev.tsv").write_text("text\tsentiment\n" + "".join(f"{s}\tpos\n" for s, y in rows if y == "1"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    data = ["--task", "custom", "--text-columns", "text", "--label-column", "sentiment"]
+    proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "distill", "--stage", "prediction", *data,
+                           "--train-file", str(tmp_path / "train.tsv"), "--data-file", str(tmp_path / "train.tsv"),
+                           "--teacher", str(tiny_teacher_dir), "--layers", "2", "--t-conv", "4",
+                           "--train-t-conv", "4", "--max-length", "16", "--batch-size", "8", "--steps", "2",
+                           "--gold-labels", "--out", str(tmp_path / "s")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    student = SpikingBert.from_pretrained(tmp_path / "s" / "final")
+    assert student.config.extra["labels"] == ["neg", "pos"]
+    js = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "eval", "--model", str(tmp_path / "s" / "final"),
+                           *data, "--data-file", str(tmp_path / "dev.tsv"), "--t-conv", "4", "--max-length", "16",
+                           "--json", str(js)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(js.read_text())
+    assert out["n"] == sum(y == "1" for _, y in rows)
+    # every dev label is 'pos' = class 1: the accuracy is the share of class-1 predictions
+    from transformers import AutoTokenizer
+
+    from training.data import custom_task_spec, load_custom
+    from training.distill import evaluate_student
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "s" / "final", local_files_only=True)
+    spec = custom_task_spec(labels=["neg", "pos"])
+    dev = encode(load_custom(tmp_path / "dev.tsv", ["text"], "sentiment", labels=spec.labels), tok, 16)
+    preds = evaluate_student(student, dev, spec, t_conv=4)["predictions"]
+    assert out["metrics"]["accuracy"] == pytest.approx(sum(p == 1 for p in preds) / len(preds))
