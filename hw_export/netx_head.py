@@ -141,21 +141,9 @@ def write_netx_head(path: str | os.PathLike, chain: HeadChain) -> Path:
 
 # ------------------------------------------------------------------------------------ Lava runs
 def _lava_import_guard() -> None:
-    """lava-nc calls ``multiprocessing.set_start_method('fork')`` unconditionally at import, which
-    raises if anything (torch, a DataLoader, ``get_start_method()``) already fixed the default
-    context. If that context is 'fork' anyway, unset it so the import succeeds unchanged."""
-    import multiprocessing as mp
-    import sys
+    from lava_spikingbert.lava.runner import import_lava_runtime
 
-    if "lava.magma.runtime.message_infrastructure.multiprocessing" in sys.modules:
-        return
-    ctx = mp.context._default_context
-    current = ctx._actual_context
-    if current is None:
-        return
-    if current._name != "fork":
-        raise RuntimeError(f"Lava needs the 'fork' multiprocessing start method; it is already {current._name!r}")
-    ctx._actual_context = None
+    import_lava_runtime()
 
 
 def _run(source_proc, neuron, spikes: np.ndarray, extra_steps: int = 1, timeout: float | None = 600.0):

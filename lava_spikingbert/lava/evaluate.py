@@ -26,7 +26,6 @@ never labelled as hardware numbers. See docs/loihi2.md.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import typing as ty
@@ -220,12 +219,9 @@ _WORKER: dict[str, ty.Any] = {}
 
 def _worker_init(model: str, tag: str) -> None:
     """Worker process: load the model file once."""
-    import multiprocessing
+    from lava_spikingbert.lava.runner import import_lava_runtime
 
-    # a spawned worker starts with its start method set ("spawn"), and lava-nc's import sets "fork"
-    # without force, which raises: clear it (public API) so that Lava's own choice applies here
-    multiprocessing.set_start_method(None, force=True)
-    import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
+    import_lava_runtime()
     mf = load_file(model)
     _WORKER.update(mf=mf, params=lava_params(mf, tag))
 
@@ -289,9 +285,9 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     asr_diff: dict[str, list[float]] = {}  # name -> [sum |dASR|, elements]
     lava_s, ref_s, steps, n_runs, n_windows = 0.0, 0.0, 0, 0, 0
     t_start = time.perf_counter()
-    # lava-nc sets the 'fork' start method when first imported and fails if it is already set;
-    # tqdm's bar fixes it (multiprocessing lock), so Lava must be imported first
-    import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
+    from lava_spikingbert.lava.runner import import_lava_runtime
+
+    import_lava_runtime()  # before tqdm's bar fixes the start method
     bar = tqdm(total=n, desc=f"lava {tag}{' packed' if pack else ''}", unit="sentence", disable=not progress)
     kwargs = dict(tag=tag, t_conv=T, parity=parity, timeout=timeout)
     runs = plan_runs(mf, params, all_ids, all_types, batch_size, pack, window_tokens)
@@ -364,9 +360,7 @@ def cmd_lava(args) -> int:
           f"metrics={res['metrics']} agreement={res['prediction_agreement']} "
           f"count_match={res['spike_count_match']} {res['sentences_per_s']:.2f} sent/s")
     if args.json:
-        p = Path(args.json)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(p)
+        from lava_spikingbert.fileio import atomic_write_json
+
+        atomic_write_json(Path(args.json), res)
     return 0

@@ -52,6 +52,27 @@ class LavaRunResult:
         return self.counts[name] / self.t_steps
 
 
+LAVA_MP_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
+
+
+def import_lava_runtime() -> None:
+    """Import Lava's multiprocessing runtime, once per process.
+
+    lava-nc calls ``multiprocessing.set_start_method('fork')`` without ``force`` when that module is
+    first imported, which raises if the start method is already fixed: by a spawned worker
+    ("spawn"), or by anything that touched the default context first (tqdm's lock, a DataLoader,
+    ``get_start_method()``). Clearing it (public API) lets Lava's own choice apply."""
+    import importlib
+    import multiprocessing
+    import sys
+
+    if LAVA_MP_MODULE in sys.modules:
+        return
+    if multiprocessing.get_start_method(allow_none=True) is not None:
+        multiprocessing.set_start_method(None, force=True)
+    importlib.import_module(LAVA_MP_MODULE)
+
+
 def _descendants() -> dict[int, float]:
     import psutil
     out = {}
