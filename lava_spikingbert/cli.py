@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"),
                    help="new student: copy teacher embeddings (+ mapped layers)")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--layer-map", type=int_list, default=None, help="teacher layer (1-based) per student layer, e.g. 3,6,9,12")
+    p.add_argument("--layer-map", type=int_list, default=None,
+                   help="teacher layer (1-based) per student layer, e.g. 3,6,9,12")
     p.add_argument("--t-conv", type=positive_int, default=16, help="new student: evaluation simulation steps")
     p.add_argument("--train-t-conv", type=positive_int, default=None, help="simulation steps while training")
     p.add_argument("--out", required=True)
@@ -348,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sentence (default: config max_length)")
     p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
     p.add_argument("--n-sentences", type=int, default=64, help="SST-2 dev sentences for measured ASRs")
-    p.add_argument("--t-list", type=int_list, default="4,8,16,32", help="time steps T to measure (plus the config's t_conv)")
+    p.add_argument("--t-list", type=int_list, default="4,8,16,32",
+                   help="time steps T to measure (plus the config's t_conv)")
     p.add_argument("--inputs", default="auto", choices=("auto", "sst2", "random"))
     p.add_argument("--accuracy-json", default=None, help="eval JSON (e.g. runs/sst2/eval_vs_T.json) for the plot")
     p.add_argument("--png", default=None, help="accuracy and efficiency vs T plot")

@@ -403,13 +403,16 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     with pytest.raises(ValueError, match=r"other settings .*seed: 42 -> 1"):
         run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,
                      num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
-    # ... unless the run restarts: everything is trained again with the new settings
+    # ... unless the run restarts: everything is trained again with the new settings, and nothing
+    # of the earlier stages (checkpoints, best models, completion marks) is left to be continued
+    (out / "stages" / "2-intermediate" / "checkpoint" / "earlier-run").write_text("x")
     run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,
                  resume=False, num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
     assert json.loads((out / "teacher" / "teacher_metrics.json").read_text())["hparams"]["seed"] == 1
     for stage in ("1-general", "2-intermediate", "3-prediction"):
         assert json.loads((out / "stages" / stage / "stage_done.json").read_text())["settings"]["seed"] == 1
     assert json.loads((out / "pipeline_settings.json").read_text())["seed"] == 1
+    assert not (out / "stages" / "2-intermediate" / "checkpoint" / "earlier-run").exists()
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -476,7 +479,8 @@ def test_custom_data_distill_then_eval_keeps_the_class_order(tmp_path, glue_dir,
     student = SpikingBert.from_pretrained(tmp_path / "s" / "final")
     assert student.config.extra["labels"] == ["neg", "pos"]
     js = tmp_path / "eval.json"
-    proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "eval", "--model", str(tmp_path / "s" / "final"),
+    proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "eval", "--model",
+                           str(tmp_path / "s" / "final"),
                            *data, "--data-file", str(tmp_path / "dev.tsv"), "--t-conv", "4", "--max-length", "16",
                            "--json", str(js)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

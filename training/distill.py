@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -308,8 +309,9 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         raise ValueError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
     regression = student.config.problem_type == "regression"
 
-    if not resume and dist.is_main:  # a fresh run: an earlier run's completion mark no longer applies
+    if not resume and dist.is_main:  # a fresh run: an earlier run's completion mark and best model are void
         (stage_dir / DONE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(stage_dir / "best", ignore_errors=True)
     seed_all(settings.seed)
     student.train()
     optimizer = make_optimizer(student, settings.lr, settings.weight_decay, head_lr=settings.head_lr)
@@ -337,8 +339,9 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
             logger.info("resuming stage %s at step %d/%d", settings.stage, step, settings.max_steps)
 
     def checkpoint_state() -> dict:
-        return {"settings": asdict(settings), "world_size": dist.world_size, "step": step, "best": best, "history": history,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+        return {"settings": asdict(settings), "world_size": dist.world_size, "step": step, "best": best,
+                "history": history, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
                 "wall_s": wall_before + (time.perf_counter() - start), "sentences": seen}
 
     def evaluate() -> float | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -112,6 +113,10 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         "num_layers": num_layers, "t_conv": t_conv, "max_length": max_length, "init": init,
         "gold_labels": gold_labels, "temperature": temperature, "general_corpus": general_corpus, "seed": seed,
         "weights": weights, "train_forward": train_forward}, resume=resume, dist=dist)
+    if not resume:  # --restart: no stage of the earlier run may be continued or reused
+        if dist.is_main:
+            shutil.rmtree(out / "stages", ignore_errors=True)
+        dist.barrier()
     timings: dict[str, dict] = {}
     t_start = time.perf_counter()
 
