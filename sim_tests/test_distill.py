@@ -497,3 +497,40 @@ def test_custom_data_distill_then_eval_keeps_the_class_order(tmp_path, glue_dir,
     dev = encode(load_custom(tmp_path / "dev.tsv", ["text"], "sentiment", labels=spec.labels), tok, 16)
     preds = evaluate_student(student, dev, spec, t_conv=4)["predictions"]
     assert out["metrics"]["accuracy"] == pytest.approx(sum(p == 1 for p in preds) / len(preds))
+
+
+@pytest.mark.lava
+def test_regression_pair_task_from_distillation_to_lava(tmp_path, tiny_teacher_dir):
+    """STS-B (sentence pairs, a score): distill -> eval -> int8 export -> Lava fixed point, which
+    reproduces the torch reference's scores exactly."""
+    rng = random.Random(3)
+    glue = tmp_path / "glue"
+    (glue / "STS-B").mkdir(parents=True)
+    for split, n in (("train", 24), ("dev", 8)):
+        rows = ["sentence1\tsentence2\tscore"]
+        for _ in range(n):
+            a = " ".join(rng.choice(FILL + POS) for _ in range(rng.randint(2, 6)))
+            b = " ".join(rng.choice(FILL + NEG) for _ in range(rng.randint(2, 6)))
+            rows.append(f"{a}\t{b}\t{rng.uniform(0, 5):.2f}")
+        (glue / "STS-B" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    cli("distill", "--stage", "prediction", "--task", "stsb", "--glue-dir", glue, "--teacher", tiny_teacher_dir,
+        "--gold-labels", "--layers", "2", "--t-conv", "4", "--train-t-conv", "4", "--max-length", "24",
+        "--batch-size", "8", "--steps", "2", "--out", tmp_path / "s")
+    student = SpikingBert.from_pretrained(tmp_path / "s" / "final")
+    assert student.config.problem_type == "regression" and student.config.num_labels == 1
+    cli("eval", "--model", tmp_path / "s" / "final", "--task", "stsb", "--glue-dir", glue, "--t-conv", "4",
+        "--json", tmp_path / "eval.json")
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["n"] == 8 and set(ev["metrics"]) >= {"pearson", "spearman", "corr"}
+    cli("export", "--model", tmp_path / "s" / "final", "--precision", "int8", "--out", tmp_path / "m.h5")
+    cli("lava", "--model", tmp_path / "m.h5", "--task", "stsb", "--glue-dir", glue, "--limit", "4", "--tag", "fixed_pt",
+        "--t-conv", "4", "--no-pack", "--json", tmp_path / "lava.json")
+    out = json.loads((tmp_path / "lava.json").read_text())
+    assert out["n"] == 4 and out["spike_count_match"] == 1.0 and out["prediction_agreement"] == 1.0
