@@ -309,16 +309,18 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         raise ValueError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
     regression = student.config.problem_type == "regression"
 
-    if not resume and dist.is_main:  # a fresh run: an earlier run's completion mark and best model are void
-        (stage_dir / DONE_FILE).unlink(missing_ok=True)
-        shutil.rmtree(stage_dir / "best", ignore_errors=True)
+    if dist.is_main:  # (the main rank writes the stage directory; the others wait, then read)
+        recover_directory(ckpt_dir)  # a crash while a checkpoint replaced the previous one
+        if not resume:  # a fresh run: an earlier run's completion mark and best model are void
+            (stage_dir / DONE_FILE).unlink(missing_ok=True)
+            shutil.rmtree(stage_dir / "best", ignore_errors=True)
+    dist.barrier()
     seed_all(settings.seed)
     student.train()
     optimizer = make_optimizer(student, settings.lr, settings.weight_decay, head_lr=settings.head_lr)
     scheduler = linear_schedule(optimizer, int(settings.warmup * settings.max_steps), settings.max_steps,
                                 decay=settings.decay)
     step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0
-    recover_directory(ckpt_dir)  # a crash while a checkpoint replaced the previous one
     if resume and (ckpt_dir / STATE_FILE).is_file():
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
         diff = settings_differences(state["settings"], settings)
