@@ -104,8 +104,13 @@ def cmd_distill(args) -> int:
         student = SpikingBert(config)
         if args.init != "none":
             init_student_from_teacher(student, teacher, layers=args.init == "layers", layer_map=layer_map)
-    if spec.labels:  # custom classification data: the class order, for evaluating the checkpoint later
+    if spec.labels:  # the class order (custom data: as given or inferred), for evaluating the checkpoint later
+        recorded = student.config.extra.get("labels")
+        if recorded is not None and list(recorded) != list(spec.labels):
+            raise CliError(f"{args.student} was trained with the classes {recorded}; this data gives "
+                           f"{list(spec.labels)} (pass --labels {','.join(recorded)})")
         student.config.extra["labels"] = list(spec.labels)
+    student.config.extra.setdefault("task", spec.name)
     if args.stage == "general":
         corpus = plain_text_corpus(args.corpus) if args.corpus else plain_text_corpus(train_ex)
         train = encode(corpus, tokenizer, args.max_length)

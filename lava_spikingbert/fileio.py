@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -70,9 +71,12 @@ def recover_directory(path: str | Path, carry: Iterable[str] = ()) -> None:
     a new copy beside an existing ``path`` is an unfinished write (drop it)."""
     path = Path(path)
     tmp, old = _swap_paths(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # unfinished writes of earlier versions
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    # unfinished writes of earlier versions (mkdtemp's 8 random characters; not another entry's tmp)
+    stale_name = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    if path.parent.is_dir():
+        for stale in path.parent.iterdir():
+            if stale_name.fullmatch(stale.name) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
     if path.exists():
         for p in (tmp, old):
             if p.exists():
@@ -91,7 +95,8 @@ def recover_directory(path: str | Path, carry: Iterable[str] = ()) -> None:
 
 @contextmanager
 def atomic_directory(path: str | Path, carry: Iterable[str] = ()) -> Iterator[Path]:
-    """Yield an empty sibling directory; on success it replaces ``path``.
+    """Yield an empty sibling directory; on success it replaces ``path``. One writer per ``path``
+    at a time (the new copy has a fixed name; here only the main rank writes).
 
     The previous content of ``path`` stays until the new directory is complete; the entries named
     in ``carry`` (e.g. a training state kept beside a model) move from the old directory into the

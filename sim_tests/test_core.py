@@ -381,6 +381,7 @@ def test_atomic_directory_replaces_carries_and_recovers(tmp_path):
     assert (d / "model").read_text() == "3"
     # unfinished writes beside a complete directory (also earlier versions' random names) are dropped
     tmp.mkdir()
-    (tmp_path / ".ckpt.abc123.tmp").mkdir()
+    (tmp_path / ".ckpt.abc_1234.tmp").mkdir()
+    (tmp_path / ".ckpt.int8.tmp").mkdir()  # the write in progress of a sibling named ckpt.int8: kept
     recover_directory(d)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.int8.tmp", "ckpt"]

@@ -217,11 +217,18 @@ def test_resume_refuses_different_settings(setup, tmp_path):
     with pytest.raises(ValueError, match=r"lr: 0.001 -> 0.002"):
         run_stage(StageSettings(**{**kw, "lr": 2e-3}, forward="rate_ann"), new_student(teacher), teacher, train,
                   tmp_path / "s", tokenizer=tok, resume=True, progress=False)
+    # no t_conv given: the stage trains at the student's own (4) and records that number
+    with pytest.raises(ValueError, match=r"t_conv: 4 -> 8"):
+        run_stage(StageSettings(**{**kw, "t_conv": 8}, forward="rate_ann"), new_student(teacher), teacher, train,
+                  tmp_path / "s", tokenizer=tok, resume=True, progress=False)
+    third = run_stage(StageSettings(**{**kw, "t_conv": None}, run_steps=1, forward="rate_ann"), new_student(teacher),
+                      teacher, train, tmp_path / "s", tokenizer=tok, resume=True, progress=False)
+    assert third.steps == 2
     # how often it checkpoints or how far one call runs does not change the weights: resumable
     second = run_stage(StageSettings(**kw, run_steps=1, checkpoint_every=7, forward="rate_ann"),
                        new_student(teacher), teacher, train, tmp_path / "s", tokenizer=tok, resume=True,
                        progress=False)
-    assert second.steps == 2
+    assert second.steps == 3
 
 
 def test_settings_differences_reads_old_checkpoints_with_defaults():
@@ -401,6 +408,15 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     assert again["rows"][0]["metrics"] == rows[1]["metrics"]
     # other settings in the same --out are refused (nothing is silently reused) ...
     with pytest.raises(ValueError, match=r"other settings .*seed: 42 -> 1"):
+        run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,
+                     num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
+    # outputs of an earlier version (no settings file) are checked against the stages' own records
+    (out / "pipeline_settings.json").unlink()
+    with pytest.raises(ValueError, match=r"1-general was completed with other settings .*temperature: 1.0 -> 2.0"):
+        run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, temperature=2.0,
+                     num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
+    (out / "pipeline_settings.json").unlink()
+    with pytest.raises(ValueError, match=r"teacher was fine-tuned with other settings .*seed: 42 -> 1"):
         run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,
                      num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
     # ... unless the run restarts: everything is trained again with the new settings, and nothing

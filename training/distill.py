@@ -23,7 +23,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -83,17 +83,20 @@ class StageSettings:
 
 
 # settings that change how a run is watched or cut into calls, not the weights it ends with
+# (except eval_every in the prediction stage, whose output is the best dev checkpoint)
 RUN_ONLY_SETTINGS = ("run_steps", "checkpoint_every", "eval_every")
 
 
 def settings_differences(saved: dict, settings: StageSettings) -> dict[str, tuple]:
-    """{name: (saved, now)} for every setting that would make a resumed run end with other weights
-    than the saved run. A setting missing from an older checkpoint counts as its default."""
+    """{name: (saved, now)} for every setting that would make a resumed (or reused) run end with
+    other weights than the saved run. A setting missing from an older checkpoint counts as its
+    default."""
     defaults = {f.name: f.default for f in fields(StageSettings)}
+    run_only = set(RUN_ONLY_SETTINGS) - ({"eval_every"} if settings.stage == "prediction" else set())
     diff = {}
     for name, now in asdict(settings).items():
         was = saved.get(name, defaults[name])
-        if name not in RUN_ONLY_SETTINGS and was != now:
+        if name not in run_only and was != now:
             diff[name] = (was, now)
     return diff
 
@@ -308,6 +311,8 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     if settings.stage != "prediction" and student.fit_dense is None:
         raise ValueError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
     regression = student.config.problem_type == "regression"
+    # the T the stage trains with, recorded as a number (None means the student's own t_conv)
+    settings = replace(settings, t_conv=int(settings.t_conv or student.config.t_conv))
 
     if dist.is_main:  # (the main rank writes the stage directory; the others wait, then read)
         recover_directory(ckpt_dir)  # a crash while a checkpoint replaced the previous one
@@ -323,7 +328,10 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0
     if resume and (ckpt_dir / STATE_FILE).is_file():
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
-        diff = settings_differences(state["settings"], settings)
+        saved = dict(state["settings"])
+        if saved.get("t_conv") is None:  # earlier versions saved None for "the student's t_conv"
+            saved["t_conv"] = json.loads((ckpt_dir / "config.json").read_text())["t_conv"]
+        diff = settings_differences(saved, settings)
         saved_world = state.get("world_size")  # not recorded by checkpoints of earlier versions
         if saved_world is not None and saved_world != dist.world_size:
             diff["processes"] = (saved_world, dist.world_size)

@@ -25,7 +25,8 @@ from lava_spikingbert.fileio import atomic_save_figure, atomic_write_json
 from training.common import init_distributed, seed_all
 from training.data import encode, get_task, load_glue, plain_text_corpus
 from training.distill import (StageSettings, evaluate_student, init_student_from_teacher, load_stage_result,
-                              run_stage, save_checkpoint, stage_done, student_config_from_teacher)
+                              run_stage, save_checkpoint, settings_differences, stage_done,
+                              student_config_from_teacher)
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +114,12 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         "num_layers": num_layers, "t_conv": t_conv, "max_length": max_length, "init": init,
         "gold_labels": gold_labels, "temperature": temperature, "general_corpus": general_corpus, "seed": seed,
         "weights": weights, "train_forward": train_forward}, resume=resume, dist=dist)
-    if not resume:  # --restart: no stage of the earlier run may be continued or reused
+    if not resume:  # --restart: nothing of the earlier run may be continued, reused or mistaken for this one's
         if dist.is_main:
-            shutil.rmtree(out / "stages", ignore_errors=True)
+            for name in ("stages", "student"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in ("eval_vs_T.json", "accuracy_vs_T.png", "pipeline_summary.json"):
+                (out / name).unlink(missing_ok=True)
         dist.barrier()
     timings: dict[str, dict] = {}
     t_start = time.perf_counter()
@@ -134,6 +138,9 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
             timings["teacher"] = {"wall_s": time.perf_counter() - t0, "dev": tm.get("dev")}
         dist.barrier()
     teacher_metrics = _read_json(teacher_dir / "teacher_metrics.json")
+    _check_teacher(teacher_dir, teacher_metrics.get("hparams") or {}, {
+        "task": spec.name, "epochs": b.teacher_epochs, "max_length": max_length, "seed": seed,
+        "limit_train": b.teacher_limit, "limit_eval": b.dev_limit})
     task_teacher, tokenizer = load_teacher(teacher_dir, num_labels=spec.num_labels, problem_type=spec.problem_type)
     base_teacher, _ = load_teacher(base_teacher_path, num_labels=None)
 
@@ -168,13 +175,13 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         if previous is not None:
             student = SpikingBert.from_pretrained(previous)
             student.config.t_conv = t_conv
+        settings = _stage_settings(stage, b, seed=seed, weights=weights, batch_size=per_rank_batch,
+                                   forward=train_forward, gold_labels=gold_labels if stage == "prediction" else None,
+                                   temperature=temperature)
         if resume and stage_done(stage_dir):
+            _check_completed_stage(stage_dir, settings, dist.world_size)
             logger.info("stage %s already complete: %s", stage, stage_dir)
         else:
-            settings = _stage_settings(stage, b, seed=seed, weights=weights, batch_size=per_rank_batch,
-                                       forward=train_forward,
-                                       gold_labels=gold_labels if stage == "prediction" else None,
-                                       temperature=temperature)
             run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=dev,
                       resume=resume, dist=dist, progress=progress)
         timings[stage] = {k: v for k, v in load_stage_result(stage_dir).items() if k in
@@ -224,6 +231,29 @@ def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> Non
     if dist.is_main:
         atomic_write_json(path, settings)
     dist.barrier()
+
+
+def _check_completed_stage(stage_dir: Path, settings: StageSettings, world_size: int) -> None:
+    """A completed stage is reused only if it was trained with these settings (also when the run
+    settings file predates it); the batch is compared as the global batch of all processes."""
+    done = load_stage_result(stage_dir)
+    saved = dict(done.get("settings") or {})
+    if "batch_size" in saved:
+        saved["batch_size"] *= int(done.get("world_size", 1))
+    diff = settings_differences(saved, replace(settings, batch_size=settings.batch_size * world_size))
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{stage_dir} was completed with other settings (saved -> now): {listed}. "
+                         "Use another --out, or --restart to start over in this one")
+
+
+def _check_teacher(teacher_dir: Path, saved: dict, expected: dict) -> None:
+    """The fine-tuned teacher in ``teacher_dir`` must come from this run's settings."""
+    diff = {k: (saved[k], v) for k, v in expected.items() if k in saved and saved[k] != v}
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{teacher_dir} was fine-tuned with other settings (saved -> now): {listed}. "
+                         "Use another --out, or --restart to start over in this one")
 
 
 def _teacher_incomplete(teacher_dir: Path) -> bool:
