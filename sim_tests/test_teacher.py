@@ -207,3 +207,18 @@ def test_default_teacher_loads_offline():
     out = teacher_outputs(model, _batch(tok, ["a charming journey .", "bleak"]))
     assert len(out.hidden_states) == 7 and out.attention_scores[0].shape[:2] == (2, 12)
 
+
+
+def test_resume_with_other_examples_is_refused(tiny_teacher, tmp_path):
+    """Examples passed in (custom files) are identified by content: a resume with others is refused."""
+    from training.data import load_glue
+
+    glue = _sst2_fixture(tmp_path / "glue")
+    train, dev = load_glue("sst2", "train", glue), load_glue("sst2", "dev", glue)
+    out = tmp_path / "custom"
+    part = _ft(tiny_teacher, glue, out, stop_after_steps=2, train_examples=train, eval_examples=dev)
+    assert not part["completed"]
+    with pytest.raises(ValueError, match="train_data_sha256"):
+        _ft(tiny_teacher, glue, out, resume=True, train_examples=train[1:], eval_examples=dev)
+    resumed = _ft(tiny_teacher, glue, out, resume=True, train_examples=train, eval_examples=dev)
+    assert resumed["completed"]

@@ -311,6 +311,17 @@ def evaluate_teacher(
 # --------------------------------------------------------------------------------------------------
 
 
+def _examples_digest(examples) -> str:
+    """SHA-256 of the examples' texts and labels, in order."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.text_a, ex.text_b, ex.label]).encode())
+    return h.hexdigest()
+
+
 def _save_hf_atomic(model, tokenizer, out_dir: Path) -> None:
     """save_pretrained into a new directory that replaces ``out_dir``, carrying the training state and
     metrics over (a crash in between is repaired by ``recover_directory``)."""
@@ -394,6 +405,14 @@ def finetune_teacher(
         "limit_eval": limit_eval,
         "grad_clip": grad_clip,
     }
+    # data given as examples (custom files): identified by content, so that a resume with other files
+    # is refused (GLUE data is identified by the task)
+    if train_examples is not None:
+        train_examples = list(train_examples)
+        hparams["train_data_sha256"] = _examples_digest(train_examples)
+    if eval_examples is not None:
+        eval_examples = list(eval_examples)
+        hparams["eval_data_sha256"] = _examples_digest(eval_examples)
     state = _load_state(out_dir)
     if state is not None and not resume:
         if not overwrite:
