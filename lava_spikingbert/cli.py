@@ -58,14 +58,17 @@ def _write_json(path: str | None, payload: dict) -> None:
 def cmd_teacher(args) -> int:
     from training.teacher import finetune_teacher
 
-    custom = (args.task or "").lower() == "custom"
-    spec, train_ex = _task_and_examples(args, "train", limit=args.limit_train) if custom else (None, None)
-    spec, dev_ex = _task_and_examples(args, "dev", limit=args.limit if custom else 1)
+    train_ex = dev_ex = None  # GLUE: finetune_teacher reads the files itself
+    if (args.task or "").lower() == "custom":
+        _, train_ex = _task_and_examples(args, "train", limit=args.limit_train)
+        spec, dev_ex = _task_and_examples(args, "dev", limit=args.limit)
+    else:
+        spec, _ = _task_and_examples(args, "dev", limit=1)
     result = finetune_teacher(spec, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
                               limit_train=args.limit_train, limit_eval=args.limit, resume=args.resume,
                               overwrite=args.overwrite, eval_every=args.eval_every,
-                              train_examples=train_ex, eval_examples=dev_ex if custom else None)
+                              train_examples=train_ex, eval_examples=dev_ex)
     dev = result.get("dev") or {}
     print(f"teacher dev {spec.main_metric}: {dev.get(spec.main_metric)}  ->  {args.out}")
     _write_json(args.json, {"task": spec.name, "split": "dev", "n": result.get("dev_n"), "metrics": dev,

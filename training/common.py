@@ -12,6 +12,14 @@ import numpy as np
 import torch
 
 
+def refuse_other_settings(diff: dict[str, tuple], what: str) -> None:
+    """Raise ``ValueError`` "<what> (saved -> now): name: saved -> now; ..." if ``diff`` (name ->
+    (saved, now)) is not empty: one message for every refused resume or reuse."""
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{what} (saved -> now): {listed}")
+
+
 def improves(value: float, best: float | None) -> bool:
     """Whether a dev metric ``value`` beats ``best`` (higher is better). NaN (e.g. a correlation of
     constant predictions) never beats a number, and any number beats a NaN best."""

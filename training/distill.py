@@ -33,8 +33,8 @@ from lava_spikingbert import SpikingBert, SpikingBertConfig
 from lava_spikingbert.checkpoint import write_model_files
 from lava_spikingbert.config import TRAIN_FORWARDS
 from lava_spikingbert.fileio import atomic_directory, atomic_write_json, recover_directory
-from training.common import (DistEnv, improves, linear_schedule, make_optimizer, rng_state, seed_all,
-                             set_rng_state)
+from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
+                             rng_state, seed_all, set_rng_state)
 from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
 
 logger = logging.getLogger(__name__)
@@ -335,9 +335,7 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
         saved_world = state.get("world_size")  # not recorded by checkpoints of earlier versions
         if saved_world is not None and saved_world != dist.world_size:
             diff["processes"] = (saved_world, dist.world_size)
-        if diff:
-            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
-            raise ValueError(f"{ckpt_dir}: refusing to resume with different settings (saved -> now): {listed}")
+        refuse_other_settings(diff, f"{ckpt_dir}: refusing to resume with different settings")
         from safetensors.torch import load_file
         student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])

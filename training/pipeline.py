@@ -22,7 +22,7 @@ import torch
 
 from lava_spikingbert import SpikingBert
 from lava_spikingbert.fileio import atomic_save_figure, atomic_write_json
-from training.common import init_distributed, seed_all
+from training.common import init_distributed, refuse_other_settings, seed_all
 from training.data import encode, get_task, load_glue, plain_text_corpus
 from training.distill import (StageSettings, evaluate_student, init_student_from_teacher, load_stage_result,
                               run_stage, save_checkpoint, settings_differences, stage_done,
@@ -61,6 +61,7 @@ BUDGETS = {
 }
 EVAL_T = (4, 8, 16, 32, 64)
 RUN_SETTINGS_FILE = "pipeline_settings.json"
+USE_RESTART = " (use another --out, or --restart to start over in this one)"
 
 
 def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
@@ -220,11 +221,8 @@ def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> Non
     settings = json.loads(json.dumps(settings))  # as JSON would give them back (tuples -> lists)
     if resume and path.is_file():
         saved = _read_json(path)
-        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-        if diff:
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"{out} holds the outputs of a run with other settings (saved -> now): {listed}. "
-                             "Use another --out, or --restart to start over in this one")
+        refuse_other_settings({k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v},
+                              f"{out} holds the outputs of a run with other settings{USE_RESTART}")
     elif resume and any((out / d).exists() for d in ("teacher", "stages")):
         logger.warning("%s: earlier outputs without a record of their settings (%s); reusing them", out,
                        RUN_SETTINGS_FILE)
@@ -240,20 +238,14 @@ def _check_completed_stage(stage_dir: Path, settings: StageSettings, world_size:
     saved = dict(done.get("settings") or {})
     if "batch_size" in saved:
         saved["batch_size"] *= int(done.get("world_size", 1))
-    diff = settings_differences(saved, replace(settings, batch_size=settings.batch_size * world_size))
-    if diff:
-        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{stage_dir} was completed with other settings (saved -> now): {listed}. "
-                         "Use another --out, or --restart to start over in this one")
+    refuse_other_settings(settings_differences(saved, replace(settings, batch_size=settings.batch_size * world_size)),
+                          f"{stage_dir} was completed with other settings{USE_RESTART}")
 
 
 def _check_teacher(teacher_dir: Path, saved: dict, expected: dict) -> None:
     """The fine-tuned teacher in ``teacher_dir`` must come from this run's settings."""
-    diff = {k: (saved[k], v) for k, v in expected.items() if k in saved and saved[k] != v}
-    if diff:
-        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{teacher_dir} was fine-tuned with other settings (saved -> now): {listed}. "
-                         "Use another --out, or --restart to start over in this one")
+    refuse_other_settings({k: (saved[k], v) for k, v in expected.items() if k in saved and saved[k] != v},
+                          f"{teacher_dir} was fine-tuned with other settings{USE_RESTART}")
 
 
 def _teacher_incomplete(teacher_dir: Path) -> bool:

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from lava_spikingbert.fileio import atomic_directory, atomic_write_json, recover_directory
-from training.common import improves, linear_schedule, make_optimizer, rng_state, seed_all, set_rng_state
+from training.common import (improves, linear_schedule, make_optimizer, refuse_other_settings, rng_state, seed_all,
+                             set_rng_state)
 from training.data import (
     EncodedDataset,
     Example,
@@ -425,9 +426,8 @@ def finetune_teacher(
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
         state = None
     if state is not None:
-        diff = {k: (state["hparams"].get(k), v) for k, v in hparams.items() if state["hparams"].get(k) != v}
-        if diff:
-            raise ValueError(f"cannot resume {out_dir}: settings differ from the saved run (saved, now): {diff}")
+        refuse_other_settings({k: (state["hparams"].get(k), v) for k, v in hparams.items()
+                               if state["hparams"].get(k) != v}, f"cannot resume {out_dir}: settings differ")
         if state.get("completed"):
             logger.info("%s: training already completed; nothing to resume", out_dir)
             return state["summary"]
