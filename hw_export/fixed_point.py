@@ -15,7 +15,8 @@ the weight unit ``lam = vth / 2**p`` (float current of one ``a_in`` LSB) and the
 * neuron (both kinds, Lava LIF with ``du = 4095, dv = 0``): ``u = wrap24(a << 6)``,
   ``v = clip(v + u + (bias_mant << bias_exp), -(2**23 - 1), 2**23 - 1)``; ``if_subtract``:
   ``s = v >= vth_mant << 6; v -= s * (vth_mant << 6)``; ``lif_reset_zero``: ``s = v > vth_mant << 6;
-  v = 0 where s``;
+  v = 0 where s``; ``if_signed_pair``: an on and an off ``if_subtract`` neuron, the off one fed
+  ``-a`` and ``-bias``, spikes ``s_on - s_off``;
 * schedule: the synchronous order of ``SpikingBert.simulate`` (no delays); logits from the
   [CLS] ASR of the last output population with the float classifier (float64).
 
@@ -145,13 +146,18 @@ class FixedPointModel:
 
     # ------------------------------------------------------------------ neurons
     def fire(self, a: torch.Tensor, bias_v: torch.Tensor | None, events: dict) -> torch.Tensor:
-        """Run one population over T steps: ``a`` (T, ...) integer a_in -> spikes (T, ...) float64."""
+        """Run one population over T steps: ``a`` (T, ...) integer a_in -> spikes (T, ...) float64
+        (0/1; ``if_signed_pair``: on minus off spikes, the off neurons fed ``-a`` and ``-bias``)."""
         a = a.to(torch.int64)
         bias = torch.zeros((), dtype=torch.int64) if bias_v is None else bias_v
+        if self.kind == "if_signed_pair":
+            return self._fire_lif(a, bias, True, events) - self._fire_lif(-a, -bias, True, events)
+        return self._fire_lif(a, bias, self.kind == "if_subtract", events)
+
+    def _fire_lif(self, a: torch.Tensor, bias: torch.Tensor, subtract: bool, events: dict) -> torch.Tensor:
         v = torch.zeros(a.shape[1:], dtype=torch.int64)
         out = torch.empty(a.shape, dtype=F64)
         th = self.vth_v
-        subtract = self.kind == "if_subtract"
         for t in range(a.shape[0]):
             x = a[t] << ACT_SHIFT
             u = wrap24(x)

@@ -10,6 +10,9 @@ Dense + neuron chain::
                                         bias_mant = round(b_c / 2**E) (netx: bias << 6),
                                         vThMant = 2**17 - 1 (never reached: pure integrators)
 
+A signed student (``if_signed_pair``) has an on and an off neuron per unit: the chain's input
+layer is then the 2H on/off neurons (``on_off_trains``) and its weights ``[W_mant, -W_mant]``.
+
 After ``T`` steps (plus the Dense's one-step delay) the voltage is
 ``v = 64 * (W_mant @ sum_t s_t + T * bias_mant)``, so ``logits = v * 2**E / (64 * T)`` with the
 classifier quantized to 8 bits: reading ``v`` once per sentence replaces the host-side
@@ -37,9 +40,16 @@ def _ceil_log2(x: float) -> int:
     return e - 1 if f == 0.5 else e
 
 
+def on_off_trains(spikes: np.ndarray) -> np.ndarray:
+    """Signed unit spikes (T, H) in {-1, 0, 1} -> the (T, 2H) 0/1 trains of its on and off neurons
+    (which never fire in the same step, so the signed train determines both)."""
+    s = np.asarray(spikes)
+    return np.concatenate([(s > 0), (s < 0)], axis=-1).astype(np.int64)
+
+
 @dataclass
 class HeadChain:
-    weight: np.ndarray  # int32 (C, H) even mantissas in [-256, 254]
+    weight: np.ndarray  # int32 (C, H) even mantissas in [-256, 254] ((C, 2H) = [W, -W] for signed inputs)
     bias_mant: np.ndarray  # int32 (C,), in a_in units (netx applies bias_exp = 6)
     exponent: int  # one mantissa LSB = 2**exponent logit units
     vth_mant: int
@@ -61,17 +71,21 @@ class HeadChain:
 
 
 def head_chain(mf: ModelFile | None = None, *, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
-               t_conv: int | None = None, vth_mant: int = VTH_MANT_MAX) -> HeadChain:
+               t_conv: int | None = None, vth_mant: int = VTH_MANT_MAX, signed_input: bool | None = None) -> HeadChain:
     """Quantize the classifier for the netx chain (from a model file or explicit weight/bias).
 
     The exponent is the smallest that fits the weights in the MIXED range and the biases in 13 bits
     and, with the default (unreachable) threshold, keeps the worst-case accumulated voltage over
-    ``t_conv`` steps below the threshold (no spike, no saturation).
+    ``t_conv`` steps below the threshold (no spike, no saturation). ``signed_input`` (default: the
+    model file's neuron is ``if_signed_pair``): the input is on/off neuron pairs, the weights
+    ``[W, -W]`` (mantissas limited to +-254 so that both signs fit).
     """
     if mf is not None:
         weight, bias = mf.classifier_weight, mf.classifier_bias
         t_conv = t_conv or int(mf.config["t_conv"])
         source = f"layer{int(mf.config['num_hidden_layers']) - 1}.output"
+        if signed_input is None:
+            signed_input = mf.config["neuron"] == "if_signed_pair"
     else:
         source = "input"
     if weight is None or bias is None or not t_conv:
@@ -80,11 +94,14 @@ def head_chain(mf: ModelFile | None = None, *, weight: np.ndarray | None = None,
     b = np.asarray(bias, dtype=np.float64)
     wmax, wmin = float(w.max(initial=0.0)), float(w.min(initial=0.0))
     cands = [_ceil_log2(wmax / 254)] if wmax > 0 else []
-    cands += [_ceil_log2(-wmin / 256)] if wmin < 0 else []
+    low = -254 if signed_input else -256
+    cands += [_ceil_log2(wmin / low)] if wmin < 0 else []
     e = max(cands) if cands else 0
     limit = min(int(vth_mant) << ACT_SHIFT, UV_MAX) if vth_mant == VTH_MANT_MAX else UV_MAX
     for _ in range(64):
-        m = (2 * np.round(w / 2.0 ** (e + 1))).clip(-256, 254).astype(np.int32)
+        m = (2 * np.round(w / 2.0 ** (e + 1))).clip(low, 254).astype(np.int32)
+        if signed_input:
+            m = np.concatenate([m, -m], axis=1)
         bm = np.round(b / 2.0 ** e).astype(np.int64)
         worst = (np.maximum(np.where(m > 0, m, 0).sum(1), -np.where(m < 0, m, 0).sum(1)) + np.abs(bm))
         fits_bias = bm.min(initial=0) >= BIAS_MANT_MIN and bm.max(initial=0) <= BIAS_MANT_MAX

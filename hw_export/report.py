@@ -62,6 +62,12 @@ def _fan_out(mf: ModelFile) -> dict[str, int]:
     return out
 
 
+def _per_unit(mf: ModelFile, population: str) -> int:
+    """Neurons per unit: a signed unit (if_signed_pair) is an on and an off neuron, and a synapse
+    from it is two (+W, -W)."""
+    return 2 if mf.populations[population].kind == "if_signed_pair" else 1
+
+
 def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
     """Resources and the Loihi-2 static check at ``seq_len`` tokens per sentence."""
     cfg = mf.config
@@ -70,21 +76,24 @@ def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
     issues: list[str] = []
     fan_out = _fan_out(mf)
     pops = []
+    per_unit = {name: _per_unit(mf, name) for name in mf.populations}
     for p in mf.populations.values():
-        n = L * p.width
+        n = L * p.width * per_unit[p.name]
         stock = p.kind == "lif_reset_zero"
         pops.append({"name": p.name, "kind": p.kind, "width": p.width, "tokens": L, "neurons": n,
                      "fan_out": fan_out[p.name], "vth": p.vth, "vth_mant": p.vth_mant,
                      "depth": p.depth, "lava_depth": p.lava_depth, "driver": p.driver,
                      "stock_loihi2_model": stock,
+                     "neurons_per_unit": per_unit[p.name],
                      "loihi2_model": "Lava LIF (du=4095, dv=0, reset to 0, v > vth)" if stock else
-                     "none: subtractive-reset IF with v >= vth needs a custom (microcode) neuron",
+                     "none: subtractive-reset IF with v >= vth needs a custom (microcode) neuron"
+                     + (" (an on and an off neuron per unit)" if per_unit[p.name] == 2 else ""),
                      "cores": math.ceil(n / LOIHI2["neurons_per_core"])})
-    kinds = sorted({p["kind"] for p in pops})
-    if "if_subtract" in kinds:
-        issues.append(f"{sum(p['kind'] == 'if_subtract' for p in pops)} populations use the paper's if_subtract "
-                      "neuron: no stock Loihi-2 neuron model (Lava LIF resets to 0); needs microcode or retraining "
-                      "with neuron='lif_reset_zero'")
+    subtractive = [p for p in pops if p["kind"] in ("if_subtract", "if_signed_pair")]
+    if subtractive:
+        issues.append(f"{len(subtractive)} populations use the paper's subtractive-reset IF neuron "
+                      f"({', '.join(sorted({p['kind'] for p in subtractive}))}): no stock Loihi-2 neuron model (Lava "
+                      "LIF resets to 0); needs microcode or retraining with neuron='lif_reset_zero'")
     if mf.precision == "fp32":
         violations.append("precision fp32: synaptic weights are float32; Loihi 2 needs 8-bit integer weights "
                           "(export with --precision int8 | ternary | binary)")
@@ -94,13 +103,14 @@ def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
     conns = []
     for c in mf.connections.values():
         out_f, in_f = c.shape
+        in_n = in_f * per_unit.get(c.source, 1)  # presynaptic neurons
         entry: dict[str, Any] = {"name": c.name, "source": c.source, "target": c.target, "target_kind": c.target_kind,
-                                 "shape": [out_f, in_f], "fan_in": in_f, "fan_out_per_spike": out_f,
-                                 "synapses": L * out_f * in_f, "unique_weights": out_f * in_f,
+                                 "shape": [out_f, in_f], "fan_in": in_n, "fan_out_per_spike": out_f,
+                                 "synapses": L * out_f * in_n, "unique_weights": out_f * in_n,
                                  "synapses_note": "token-wise: per-token Dense/block-diagonal Sparse (synapses) or "
                                                   "1x1 Conv weight sharing (unique_weights)",
                                  "stock_loihi2_synapse": True,
-                                 "cores": math.ceil(L * out_f * in_f / LOIHI2["synapses_per_core"])}
+                                 "cores": math.ceil(L * out_f * in_n / LOIHI2["synapses_per_core"])}
         if c.target_kind == "block":
             entry["note"] = (f"output consumed by the host block {c.target}: graded accumulator readout chip->host "
                              "every step")
@@ -233,10 +243,12 @@ def measure_activity(mf: ModelFile, sents, labels, t_list, *, batch_size: int = 
                 act = model.simulate(emb, mask, T, record_scores=False)
                 m = mask.to(torch.float64)[..., None]
                 for p in names:
-                    spikes[p][idx] = (act.spike_counts[p].to(torch.float64) * m).sum((1, 2)).numpy()
+                    spikes[p][idx] = (act.spike_events[p].to(torch.float64) * m).sum((1, 2)).numpy()
                 logits = model.classifier(act.asr[f"layer{mf.num_layers - 1}.output"][:, 0])
                 preds[idx] = logits.argmax(-1).numpy()
-        asr = {p: float(spikes[p].sum() / (T * lengths.sum() * mf.populations[p].width)) for p in names}
+        # spike events per neuron and step (a signed unit is two neurons)
+        asr = {p: float(spikes[p].sum() / (T * lengths.sum() * mf.populations[p].width * _per_unit(mf, p)))
+               for p in names}
         entry = {"t_conv": int(T), "asr": asr, "spikes_per_sentence": {p: float(spikes[p].mean()) for p in names},
                  "asr_mean": float(np.mean(list(asr.values()))),
                  "_spikes": spikes}

@@ -28,11 +28,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from lava_spikingbert.config import NEURON_KINDS  # noqa: F401 (re-exported)
+
 FORMAT = "lava-spikingbert"
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "int8", "ternary", "binary")
 QUANTIZED = ("int8", "ternary", "binary")
-NEURON_KINDS = ("if_subtract", "lif_reset_zero")
 SIGN_MODES = ("mixed", "excitatory", "inhibitory")
 LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
 LAYER_SYNAPSES = ("query", "key", "value", "attn_out", "intermediate", "output")

@@ -103,7 +103,8 @@ def cmd_distill(args) -> int:
     else:
         config = student_config_from_teacher(teacher.config, num_layers=args.layers, t_conv=args.t_conv,
                                              max_length=args.max_length, num_labels=spec.num_labels,
-                                             problem_type="regression" if spec.is_regression else "classification")
+                                             problem_type="regression" if spec.is_regression else "classification",
+                                             neuron=args.neuron)
         student = SpikingBert(config)
         if args.init != "none":
             init_student_from_teacher(student, teacher, layers=args.init == "layers", layer_map=layer_map)
@@ -173,7 +174,7 @@ def cmd_pipeline(args) -> int:
                  resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
                  init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
                  general_corpus=args.corpus, seed=args.seed, weights=args.weights,
-                 train_forward=args.train_forward)
+                 train_forward=args.train_forward, neuron=args.neuron)
     return 0
 
 
@@ -238,6 +239,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_neuron_arg(p: argparse.ArgumentParser) -> None:
+    from lava_spikingbert.config import NEURON_KINDS
+
+    p.add_argument("--neuron", default="if_subtract", choices=NEURON_KINDS,
+                   help="new student: neuron kind (if_subtract = the paper's IF neuron, rates in [0, 1]; "
+                        "if_signed_pair = an on and an off IF neuron per unit, rates in [-1, 1])")
+
+
 def add_train_forward_arg(p: argparse.ArgumentParser) -> None:
     from lava_spikingbert.config import TRAIN_FORWARDS
 
@@ -281,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-map", type=int_list, default=None,
                    help="teacher layer (1-based) per student layer, e.g. 3,6,9,12")
     p.add_argument("--t-conv", type=positive_int, default=16, help="new student: evaluation simulation steps")
+    add_neuron_arg(p)
     p.add_argument("--train-t-conv", type=positive_int, default=None, help="simulation steps while training")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=positive_int, required=True)
@@ -331,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it a re-run continues them and refuses other settings")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--t-conv", type=positive_int, default=16)
+    add_neuron_arg(p)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"))
     p.add_argument("--gold-labels", action="store_true")

@@ -10,7 +10,7 @@ from typing import Any
 
 from lava_spikingbert.fileio import atomic_write_text
 
-NEURON_KINDS = ("if_subtract", "lif_reset_zero")
+NEURON_KINDS = ("if_subtract", "lif_reset_zero", "if_signed_pair")
 WEIGHT_MODES = ("fp32", "int8", "ternary", "binary")
 GRAD_POINTS = ("snn", "ann")
 PROBLEM_TYPES = ("classification", "regression")

@@ -261,7 +261,9 @@ class Activity:
     asr: dict[str, torch.Tensor] = field(default_factory=dict)
     attention_scores: list[torch.Tensor] = field(default_factory=list)
     t_conv: int | None = None
-    spike_counts: dict[str, torch.Tensor] | None = None  # simulation only (float counts)
+    spike_counts: dict[str, torch.Tensor] | None = None  # simulation only (float counts; signed units: on - off)
+    # simulation only: spike events per unit (= spike_counts for 0/1 neurons; on + off for signed units)
+    spike_events: dict[str, torch.Tensor] | None = None
     trains: dict[str, torch.Tensor] | None = None  # simulation with record_trains: T x B x L x width
 
 
@@ -398,6 +400,7 @@ class SpikingBert(nn.Module):
         neuron = self.neuron
         membranes: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
+        events: dict[str, torch.Tensor] = {}  # signed units only
         trains: dict[str, list[torch.Tensor]] = {}
         score_sums: list[torch.Tensor | None] = [None] * len(self.layers)
         last = len(self.layers) - 1
@@ -408,7 +411,7 @@ class SpikingBert(nn.Module):
         def fire(name: str, current: torch.Tensor, owned: bool = True) -> torch.Tensor:
             v = membranes.get(name)
             if v is None:
-                v = torch.zeros_like(current[0])
+                v = neuron.initial_state(current[0])
             if in_place:  # the spikes overwrite ``current`` when nobody else reads it
                 out = neuron.run_steps(v, current, current if owned else
                                        torch.empty(current.shape, dtype=current.dtype, device=current.device))
@@ -420,6 +423,9 @@ class SpikingBert(nn.Module):
                 out = torch.stack(spikes)
             membranes[name] = v
             counts[name] = out.sum(0) if name not in counts else counts[name] + out.sum(0)
+            if neuron.signed:  # an on and an off neuron never fire in the same step: |s| counts both
+                n_events = out.abs().sum(0)
+                events[name] = n_events if name not in events else events[name] + n_events
             if record_trains:
                 trains.setdefault(name, []).append(out.detach())
             return out
@@ -452,7 +458,8 @@ class SpikingBert(nn.Module):
                 s_2 = fire(p + "intermediate", layer.intermediate_current(s_1))
                 x = fire(p + "output", layer.output_current(s_2, s_1, dropout))
             prev_out = x
-        activity = Activity(asr={k: c / T for k, c in counts.items()}, t_conv=T, spike_counts=counts)
+        activity = Activity(asr={k: c / T for k, c in counts.items()}, t_conv=T, spike_counts=counts,
+                            spike_events=events if neuron.signed else counts)
         if record_scores:
             activity.attention_scores = [s / T for s in score_sums]
         if record_trains:
@@ -567,7 +574,7 @@ class SpikingBert(nn.Module):
             with torch.no_grad():
                 sim = self.simulate(emb.detach(), attention_mask, t_conv, dropout=dropout)
             activity = self.equilibrium_taps(emb, attention_mask, sim, dropout)
-            activity.spike_counts = sim.spike_counts
+            activity.spike_counts, activity.spike_events = sim.spike_counts, sim.spike_events
         elif mode == "bptt":
             activity = self.simulate(emb, attention_mask, t_conv, dropout=dropout, spike_fn=surrogate_spike)
         else:

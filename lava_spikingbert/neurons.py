@@ -8,6 +8,7 @@ Every kind has
   flow through (the average spiking rate a population converges to under a constant current);
 * ``rate_exact(current)``: the rate the simulation really converges to for a constant current
   (equal to ``rate`` for the paper's neuron; a staircase for Lava's reset-to-zero LIF);
+* ``initial_state(like)``: the resting membrane state for a population shaped like ``like``;
 * ``run_steps(v, currents, out)``: ``step`` over the leading (time) dim of ``currents`` without
   autograd, in place on ``v``, spikes written into ``out`` (which may be ``currents`` itself):
   the simulator's inner loop, bit-identical to calling ``step`` per time step.
@@ -58,9 +59,13 @@ class IFSubtract:
 
     name = "if_subtract"
     strict = False  # fires on u >= vth
+    signed = False  # spikes are 0/1
 
     def __init__(self, vth: float) -> None:
         self.vth = float(vth)
+
+    def initial_state(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(like)
 
     def step(self, v: torch.Tensor, current: torch.Tensor, spike_fn: SpikeFn = heaviside):
         v = v + current
@@ -95,9 +100,13 @@ class LIFResetZero:
 
     name = "lif_reset_zero"
     strict = True  # fires on v > vth
+    signed = False
 
     def __init__(self, vth: float) -> None:
         self.vth = float(vth)
+
+    def initial_state(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(like)
 
     def step(self, v: torch.Tensor, current: torch.Tensor, spike_fn: SpikeFn = heaviside):
         v = v + current
@@ -123,7 +132,55 @@ class LIFResetZero:
         return torch.where(positive, 1.0 / period, torch.zeros_like(current))
 
 
-NEURONS = {cls.name: cls for cls in (IFSubtract, LIFResetZero)}
+class IFSignedPair:
+    """Signed rate coding with two of the paper's neurons per unit: an "on" IF neuron driven by
+    ``+I`` and an "off" one driven by ``-I`` (both fire on ``u >= vth``, reset by subtraction).
+    The unit's output spike is ``s_on - s_off`` in {-1, 0, 1}, so its ASR is
+    ``clamp(I / vth, -1, 1)`` within 1/T: the negative half of a LayerNorm output, which a single
+    neuron's [0, 1] rate loses, is carried by the off neuron. On Lava each unit is two LIF
+    neurons, and a synapse from the unit is a pair of weights ``(+W, -W)``.
+
+    The membrane state has a leading dim of 2: (on, off). The two never fire in the same step
+    (``v_on + v_off`` starts at 0 and only falls, so both cannot reach ``vth > 0``).
+    """
+
+    name = "if_signed_pair"
+    strict = False
+    signed = True  # spikes are -1/0/1
+
+    def __init__(self, vth: float) -> None:
+        self.vth = float(vth)
+
+    def initial_state(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((2, *like.shape), dtype=like.dtype, device=like.device)
+
+    def step(self, v: torch.Tensor, current: torch.Tensor, spike_fn: SpikeFn = heaviside):
+        v = v + torch.stack((current, -current))
+        s = spike_fn(v - self.vth, self.strict)
+        return v - self.vth * s, s[0] - s[1]
+
+    def run_steps(self, v: torch.Tensor, currents: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        v_on, v_off = v[0], v[1]  # views: updated in place
+        s_off = torch.empty_like(v_off)
+        for t in range(currents.shape[0]):
+            v_on.add_(currents[t])
+            v_off.sub_(currents[t])
+            torch.ge(v_off, self.vth, out=s_off)
+            v_off.sub_(s_off, alpha=self.vth)
+            s = out[t]  # may alias currents[t], which is no longer needed
+            torch.ge(v_on, self.vth, out=s)
+            v_on.sub_(s, alpha=self.vth)
+            s.sub_(s_off)
+        return out
+
+    def rate(self, current: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(current / self.vth, -1.0, 1.0)
+
+    def rate_exact(self, current: torch.Tensor) -> torch.Tensor:
+        return self.rate(current)
+
+
+NEURONS = {cls.name: cls for cls in (IFSubtract, LIFResetZero, IFSignedPair)}
 
 
 def make_neuron(kind: str, vth: float):

@@ -11,7 +11,7 @@ from conftest import TINY, tiny_batch, tiny_model
 from lava_spikingbert import ConfigError, SpikingBert, SpikingBertConfig, population_names
 from lava_spikingbert.encoder import Activity
 from lava_spikingbert.equilibrium import straight_through
-from lava_spikingbert.neurons import IFSubtract, LIFResetZero
+from lava_spikingbert.neurons import IFSignedPair, IFSubtract, LIFResetZero
 
 
 def run_population(neuron, current: torch.Tensor, T: int) -> torch.Tensor:
@@ -73,6 +73,61 @@ def test_in_place_chunk_loop_equals_step(kind, vth):
     owned = currents.clone()  # spikes may overwrite the currents they come from
     assert torch.equal(neuron.run_steps(v_ref.clone(), owned, owned), neuron.run_steps(
         v_ref.clone(), currents.clone(), torch.empty_like(currents)))
+
+
+@pytest.mark.parametrize("vth", [1.0, 0.7])
+def test_signed_pair_is_an_on_and_an_off_if_neuron(vth):
+    """``if_signed_pair``: its spikes are exactly those of two independent if_subtract neurons fed
+    +I and -I (on minus off), the two never fire in the same step, the ASR is within 1/T of
+    clamp(I / vth, -1, 1), and the in-place loop equals stepping."""
+    T = 32
+    g = torch.Generator().manual_seed(4)
+    currents = (torch.rand(T, 6, 9, generator=g, dtype=torch.float64) * 3 - 1.5) * vth
+    currents[:, 0] = torch.linspace(-1.5, 1.5, 9, dtype=torch.float64) * vth  # constant rows
+    pair, single = IFSignedPair(vth), IFSubtract(vth)
+    v = pair.initial_state(currents[0])
+    v_on, v_off = torch.zeros(6, 9, dtype=torch.float64), torch.zeros(6, 9, dtype=torch.float64)
+    spikes, on, off = [], [], []
+    assert v.shape == (2, 6, 9)
+    for t in range(T):
+        v, s = pair.step(v, currents[t])
+        v_on, s_on = single.step(v_on, currents[t])
+        v_off, s_off = single.step(v_off, -currents[t])
+        spikes.append(s), on.append(s_on), off.append(s_off)
+    spikes, on, off = torch.stack(spikes), torch.stack(on), torch.stack(off)
+    assert torch.equal(spikes, on - off)
+    assert float((on * off).sum()) == 0.0  # never both in one step
+    assert float(on.sum()) > 0 and float(off.sum()) > 0
+    assert torch.equal(v, torch.stack((v_on, v_off)))
+    steady = spikes[:, 0].mean(0)
+    assert float((steady - torch.clamp(currents[0, 0] / vth, -1, 1)).abs().max()) <= 1.0 / T + 1e-12
+    assert torch.equal(pair.rate(currents), torch.clamp(currents / vth, -1, 1))
+    v2 = pair.initial_state(currents[0])
+    owned = currents.clone()  # the spikes may overwrite the currents they come from
+    assert torch.equal(pair.run_steps(v2, owned, owned), spikes) and torch.equal(v2, v)
+
+
+def test_signed_pair_network(batch):
+    """A signed student: negative and positive ASRs, spike events = on + off spikes (>= |net|),
+    simulation independent of chunking, and an equilibrium training step with gradients."""
+    model = tiny_model(neuron="if_signed_pair").double()
+    ids, mask = batch
+    emb = model.embedding_current(ids, torch.zeros_like(ids))
+    valid = mask.bool()
+    with torch.no_grad():
+        whole = model.simulate(emb, mask, 16)
+        stepwise = model.simulate(emb, mask, 16, chunk_steps=1)
+        trains = model.simulate(emb, mask, 16, chunk_steps=3, record_trains=True)
+    for name in whole.asr:
+        assert torch.equal(whole.spike_counts[name], stepwise.spike_counts[name]), name
+        assert torch.equal(whole.spike_events[name], trains.trains[name].abs().sum(0)), name
+        assert bool((whole.spike_events[name] >= whole.spike_counts[name].abs()).all()), name
+    out = whole.asr["layer1.output"][valid]
+    assert float(out.min()) < -0.1 and float(out.max()) > 0.1  # both halves are carried
+    model.train()
+    loss = model(ids, mask, labels=torch.tensor([0, 1, 0])).loss
+    loss.backward()
+    assert float(model.layers[0].key.weight.grad.abs().sum()) > 0
 
 
 def test_network_residual_falls_with_T(model, batch):

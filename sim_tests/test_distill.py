@@ -410,6 +410,18 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     with pytest.raises(ValueError, match=r"other settings .*seed: 42 -> 1"):
         run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,
                      num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
+    # (a settings file from before the neuron setting existed stands for the paper's neuron)
+    recorded = json.loads((out / "pipeline_settings.json").read_text())
+    assert recorded.pop("neuron") == "if_subtract"
+    (out / "pipeline_settings.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"other settings .*neuron: 'if_subtract' -> 'if_signed_pair'"):
+        run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget,
+                     neuron="if_signed_pair", num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
+    (out / "pipeline_settings.json").unlink()
+    with pytest.raises(ValueError, match=r"1-general was completed with other settings .*neuron: 'if_subtract' -> "
+                                         r"'if_signed_pair'"):
+        run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget,
+                     neuron="if_signed_pair", num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
     # outputs of an earlier version (no settings file) are checked against the stages' own records
     (out / "pipeline_settings.json").unlink()
     with pytest.raises(ValueError, match=r"1-general was completed with other settings .*temperature: 1.0 -> 2.0"):
@@ -489,11 +501,12 @@ def test_custom_data_distill_then_eval_keeps_the_class_order(tmp_path, glue_dir,
                            "--train-file", str(tmp_path / "train.tsv"), "--data-file", str(tmp_path / "train.tsv"),
                            "--teacher", str(tiny_teacher_dir), "--layers", "2", "--t-conv", "4",
                            "--train-t-conv", "4", "--max-length", "16", "--batch-size", "8", "--steps", "2",
-                           "--gold-labels", "--out", str(tmp_path / "s")],
+                           "--gold-labels", "--neuron", "if_signed_pair", "--out", str(tmp_path / "s")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     student = SpikingBert.from_pretrained(tmp_path / "s" / "final")
     assert student.config.extra["labels"] == ["neg", "pos"]
+    assert student.config.neuron == "if_signed_pair"  # (a signed student, made and evaluated through the CLI)
     js = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "eval", "--model",
                            str(tmp_path / "s" / "final"),

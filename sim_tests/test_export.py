@@ -284,7 +284,56 @@ def test_netx_head_and_stock_dense_lif_match_the_reference(tmp_path):
     assert np.array_equal(s_run, r.trains["layer0.key"][:, 0, 0].numpy())
 
 
+@pytest.mark.lava
+def test_netx_head_of_a_signed_student(tmp_path):
+    """A signed student's head: the netx chain reads the [CLS] units' on and off neurons through
+    [W, -W] and accumulates the quantized logit of the fixed-point reference's signed counts."""
+    from hw_export.netx_head import head_chain, on_off_trains, run_chain_lava, run_chain_netx, write_netx_head
+
+    mf = model_file_from_model(quantize_model(tiny_model(neuron="if_signed_pair"), "int8"))
+    r = FixedPointModel(mf).run(*tiny_batch(batch=2), record_trains=True)
+    signed = r.trains["layer1.output"][:, 0, 0].numpy()
+    assert (signed < 0).any() and (signed > 0).any()
+    cls = on_off_trains(signed)
+    chain = head_chain(mf)
+    assert chain.shape == (2, 2 * mf.config["hidden_size"])
+    np.testing.assert_array_equal(chain.weight[:, :chain.shape[1] // 2], -chain.weight[:, chain.shape[1] // 2:])
+    path = write_netx_head(tmp_path / "head.h5", chain)
+    v_ours, _ = run_chain_lava(chain, cls)
+    v_netx, s_netx = run_chain_netx(path, cls)
+    assert np.array_equal(v_ours, v_netx) and s_netx.sum() == 0
+    assert np.array_equal(v_netx[-1], chain.expected_voltage(cls))
+    step = 2.0 ** chain.exponent
+    assert np.allclose(chain.logits(v_netx[-1], r.t_conv), r.logits[0].numpy(),
+                       atol=0.5 * step * (np.abs(signed.mean(0)).sum() + 1) + 1e-9)
+
+
 # ------------------------------------------------------------------------------- reports
+def test_report_counts_signed_units_as_two_neurons(tmp_path):
+    """Resources of a signed student: every unit is an on and an off neuron, every synapse from a
+    unit two (+W, -W); spike events are on + off spikes, not their difference."""
+    from hw_export.report import hardware_check, measure_activity
+
+    mf = model_file_from_model(quantize_model(tiny_model(neuron="if_signed_pair"), "int8"))
+    hw = hardware_check(mf, seq_len=10)
+    assert hw["totals"]["neurons"] == 10 * 2 * sum(p.width for p in mf.populations.values())
+    # every connection's source is a population (signed): twice the weights
+    assert hw["totals"]["unique_weights"] == 2 * sum(c.weight.size for c in mf.connections.values())
+    assert any("if_signed_pair" in m for m in hw["mapping_issues"])
+    ids, mask = tiny_batch(batch=2)
+    sents = [(ids[i][mask[i].bool()].tolist(), [0] * int(mask[i].sum())) for i in range(2)]
+    act = measure_activity(mf, sents, None, [16])[16]
+    model = model_from_file(mf)
+    with torch.no_grad():
+        sim = model.simulate(model.embedding_current(ids[:1, :int(mask[0].sum())],
+                                                     torch.zeros_like(ids[:1, :int(mask[0].sum())])),
+                             mask[:1, :int(mask[0].sum())], 16, record_trains=True)
+    for name, train in sim.trains.items():
+        events = float(train.abs().sum())
+        assert act["_spikes"][name][0] == events, name
+        assert events > abs(float(train.sum()))  # on and off spikes both count
+
+
 def test_report_numbers_are_consistent(files, tmp_path):
     from hw_export.report import build_report
 

@@ -68,15 +68,18 @@ def test_fixed_pt_counts_equal_reference(model_file):
 
 
 @pytest.mark.lava
-def test_fixed_pt_lif_reset_zero_counts_equal_reference(tmp_path):
-    path = tmp_path / "lrz.h5"
-    export_model(quantize_model(tiny_model(neuron="lif_reset_zero"), "int8"), "int8", path)
+@pytest.mark.parametrize("neuron", ["lif_reset_zero", "if_signed_pair"])
+def test_fixed_pt_other_neuron_counts_equal_reference(tmp_path, neuron):
+    path = tmp_path / f"{neuron}.h5"
+    export_model(quantize_model(tiny_model(neuron=neuron), "int8"), "int8", path)
     mf = read_model_file(path)
     ids, mask = batch()
     ref = FixedPointModel(mf).run(ids, mask, t_conv=T)
     res = lava_fixed(mf, ids, mask)
     for name, c in ref.counts.items():
         np.testing.assert_array_equal(res.counts[name], c.numpy(), err_msg=name)
+    if neuron == "if_signed_pair":
+        assert min(int(c.min()) for c in ref.counts.values()) < 0
 
 
 @pytest.mark.lava

@@ -174,6 +174,11 @@ def test_count_packing_round_trip():
             np.testing.assert_array_equal(lay.unpack(words), counts)
     lay = CountLayout(n_samples=872, tokens=(0,), width=384, max_count=16)
     assert lay.per_word == 10 and lay.var_shape == (872, 39)
+    signed = CountLayout(n_samples=2, tokens=(0, 1), width=9, max_count=16, min_count=-16)  # on/off units
+    counts = rng.integers(-16, 17, size=(2, 2, 9))
+    counts[0, 0, :2] = (-16, 16)
+    assert signed.bits == 6
+    np.testing.assert_array_equal(signed.unpack(np.stack([signed.pack(c) for c in counts])), counts)
     assert CountLayout(n_samples=2, tokens=(), width=4, max_count=16).var_shape == (1, 1)
 
 
@@ -279,12 +284,13 @@ def test_sentence_counts_do_not_depend_on_stream_position(tiny):
 
 
 @pytest.mark.lava
-@pytest.mark.parametrize("variant", ["block_latency", "lif_reset_zero", "lava_lif"])
+@pytest.mark.parametrize("variant", ["block_latency", "lif_reset_zero", "lava_lif", "if_signed_pair"])
 def test_lava_variants_match_torch(variant, monkeypatch):
-    """Current blocks with one step of latency (deeper pipeline), and the reset-to-zero neuron with
-    our IFNeuron or Lava's stock LIFReset (float64 state: >= 99% identical)."""
+    """Current blocks with one step of latency (deeper pipeline), the reset-to-zero neuron with
+    our IFNeuron or Lava's stock LIFReset (float64 state: >= 99% identical), and signed on/off
+    pairs (their spikes, -1/0/1, cross the Lava graph's ports)."""
     install_torch_kernels(monkeypatch)
-    kind = "if_subtract" if variant == "block_latency" else "lif_reset_zero"
+    kind = {"block_latency": "if_subtract", "if_signed_pair": "if_signed_pair"}.get(variant, "lif_reset_zero")
     model = tiny_model(seed=3, neuron=kind)
     ids, mask, types = sentences(3, seed=5)
     emb, counts, logits = torch_reference(model, ids, mask, types)
@@ -302,6 +308,8 @@ def test_lava_variants_match_torch(variant, monkeypatch):
         np.testing.assert_array_equal(res.logits, logits)
     if variant == "block_latency":
         assert res.num_steps == 3 * T + 16
+    if variant == "if_signed_pair":
+        assert min(int(c.min()) for c in counts.values()) < 0  # negative counts really crossed the graph
 
 
 def _descendants() -> set[tuple[int, float]]:
@@ -394,10 +402,11 @@ def test_run_dataset_packs_sentences_side_by_side(monkeypatch):
 
 
 @pytest.mark.lava
-@pytest.mark.parametrize("kind", ["if_subtract", "lif_reset_zero"])
+@pytest.mark.parametrize("kind", ["if_subtract", "lif_reset_zero", "if_signed_pair"])
 def test_ifneuron_fixed_pt_model_matches_integer_reference(kind):
     """The fixed_pt IFNeuron (Lava LIF units: input << 6, bias_mant << bias_exp, vth << 6, 24-bit
-    saturating v) with per-window reset and packed counts, against a numpy integer reference."""
+    saturating v) with per-window reset and packed counts, against a numpy integer reference
+    (a signed pair: an if_subtract neuron fed (a, bias) minus one fed (-a, -bias))."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.proc.io.source import RingBuffer
 
@@ -420,18 +429,29 @@ def test_ifneuron_fixed_pt_model_matches_integer_reference(kind):
         got = neuron.count_layout.unpack(neuron.counts.get())
     finally:
         shutdown(src, guard)
-    v = np.zeros((n_tok, width), dtype=np.int64)
-    want = np.zeros((n_win, n_tok, width), dtype=np.int64)
-    for t in range(steps):
-        if t >= offset and (t - offset) % win == 0:
-            v[:] = 0
-        v = np.clip(v + (a[..., t].astype(np.int64) << 6) + (bias_mant << 1), -(2 ** 23 - 1), 2 ** 23 - 1)
-        s = v >= (vth << 6) if kind == "if_subtract" else v > (vth << 6)
-        v = np.where(s, v - (vth << 6), v) if kind == "if_subtract" else np.where(s, 0, v)
-        if t >= offset:
-            want[(t - offset) // win] += s
+
+    def reference(sign: int, subtract: bool) -> np.ndarray:
+        v = np.zeros((n_tok, width), dtype=np.int64)
+        counts = np.zeros((n_win, n_tok, width), dtype=np.int64)
+        for t in range(steps):
+            if t >= offset and (t - offset) % win == 0:
+                v[:] = 0
+            v = np.clip(v + ((sign * a[..., t].astype(np.int64)) << 6) + sign * (bias_mant << 1),
+                        -(2 ** 23 - 1), 2 ** 23 - 1)
+            s = v >= (vth << 6) if subtract else v > (vth << 6)
+            v = np.where(s, v - (vth << 6), v) if subtract else np.where(s, 0, v)
+            if t >= offset:
+                counts[(t - offset) // win] += s
+        return counts
+
+    if kind == "if_signed_pair":
+        on, off = reference(1, True), reference(-1, True)
+        assert on.sum() > 0 and off.sum() > 0
+        want = on - off
+    else:
+        want = reference(1, kind == "if_subtract")
     np.testing.assert_array_equal(got, want[:, [0, 2]])
-    assert want.sum() > 0 and (want < win).any()
+    assert want.sum() != 0 and (want < win).any()
 
 
 def test_lava_package_imports_no_torch(tmp_path):

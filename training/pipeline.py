@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lava_spikingbert import SpikingBert
+from lava_spikingbert import SpikingBert, SpikingBertConfig
 from lava_spikingbert.fileio import atomic_save_figure, atomic_write_json
 from training.common import init_distributed, refuse_other_settings, seed_all
 from training.data import encode, get_task, load_glue, plain_text_corpus
@@ -95,7 +95,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                  budget: str | Budget = "default", resume: bool = True, num_layers: int = 4, t_conv: int = 16,
                  max_length: int = 64, init: str = "layers", gold_labels: bool = False, temperature: float = 1.0,
                  eval_t: tuple[int, ...] = EVAL_T, general_corpus: str | None = None, seed: int = 42,
-                 weights: str = "fp32", train_forward: str = "spiking", progress: bool = True) -> dict:
+                 weights: str = "fp32", train_forward: str = "spiking", neuron: str = "if_subtract",
+                 progress: bool = True) -> dict:
     from training.teacher import default_teacher_path, finetune_teacher, load_teacher
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -114,7 +115,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         "task": spec.name, "budget": dataclasses.asdict(b), "teacher": str(base_teacher_path),
         "num_layers": num_layers, "t_conv": t_conv, "max_length": max_length, "init": init,
         "gold_labels": gold_labels, "temperature": temperature, "general_corpus": general_corpus, "seed": seed,
-        "weights": weights, "train_forward": train_forward}, resume=resume, dist=dist)
+        "weights": weights, "train_forward": train_forward, "neuron": neuron}, resume=resume, dist=dist)
     if not resume:  # --restart: nothing of the earlier run may be continued, reused or mistaken for this one's
         if dist.is_main:
             for name in ("stages", "student"):
@@ -159,7 +160,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     seed_all(seed)
     config = student_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
                                          max_length=max_length, num_labels=spec.num_labels,
-                                         problem_type="regression" if spec.is_regression else "classification")
+                                         problem_type="regression" if spec.is_regression else "classification",
+                                         neuron=neuron)
     config.extra.update({"task": spec.name, "teacher": str(base_teacher_path), "init": init,
                          "train_forward": train_forward})
     student = SpikingBert(config)
@@ -180,7 +182,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                                    forward=train_forward, gold_labels=gold_labels if stage == "prediction" else None,
                                    temperature=temperature)
         if resume and stage_done(stage_dir):
-            _check_completed_stage(stage_dir, settings, dist.world_size)
+            _check_completed_stage(stage_dir, settings, dist.world_size, neuron)
             logger.info("stage %s already complete: %s", stage, stage_dir)
         else:
             run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=dev,
@@ -214,13 +216,17 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     return {"rows": rows, "student_dir": student_dir, "teacher": teacher_metrics}
 
 
+# settings introduced after runs had recorded theirs, with the value those runs used
+SETTINGS_ADDED_LATER = {"neuron": "if_subtract"}
+
+
 def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> None:
     """Outputs in ``out`` are reused only by a run with the same settings: compare with the settings
     recorded by the run that made them (``--restart`` starts over and records the new ones)."""
     path = out / RUN_SETTINGS_FILE
     settings = json.loads(json.dumps(settings))  # as JSON would give them back (tuples -> lists)
     if resume and path.is_file():
-        saved = _read_json(path)
+        saved = {**SETTINGS_ADDED_LATER, **_read_json(path)}
         refuse_other_settings({k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v},
                               f"{out} holds the outputs of a run with other settings{USE_RESTART}")
     elif resume and any((out / d).exists() for d in ("teacher", "stages")):
@@ -231,15 +237,18 @@ def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> Non
     dist.barrier()
 
 
-def _check_completed_stage(stage_dir: Path, settings: StageSettings, world_size: int) -> None:
-    """A completed stage is reused only if it was trained with these settings (also when the run
-    settings file predates it); the batch is compared as the global batch of all processes."""
+def _check_completed_stage(stage_dir: Path, settings: StageSettings, world_size: int, neuron: str) -> None:
+    """A completed stage is reused only if it was trained with these settings and neuron kind (also
+    when the run settings file predates it); the batch is compared as the global batch of all processes."""
     done = load_stage_result(stage_dir)
     saved = dict(done.get("settings") or {})
     if "batch_size" in saved:
         saved["batch_size"] *= int(done.get("world_size", 1))
-    refuse_other_settings(settings_differences(saved, replace(settings, batch_size=settings.batch_size * world_size)),
-                          f"{stage_dir} was completed with other settings{USE_RESTART}")
+    diff = settings_differences(saved, replace(settings, batch_size=settings.batch_size * world_size))
+    trained_neuron = SpikingBertConfig.load(stage_dir / "final").neuron
+    if trained_neuron != neuron:
+        diff["neuron"] = (trained_neuron, neuron)
+    refuse_other_settings(diff, f"{stage_dir} was completed with other settings{USE_RESTART}")
 
 
 def _check_teacher(teacher_dir: Path, saved: dict, expected: dict) -> None:

@@ -24,7 +24,9 @@ class CountLayout:
     """How a population's count history is laid out in its ``counts`` Var.
 
     ``tokens``: the recorded token positions (empty: record nothing); ``width``: neurons per token;
-    ``max_count``: the largest count a window can produce (its length T).
+    ``max_count``: the largest count a window can produce (its length T); ``min_count``: the
+    smallest (0, or ``-T`` for signed on/off units, whose count is on minus off spikes). A count
+    is stored as ``count - min_count``.
     """
 
     n_samples: int
@@ -32,12 +34,13 @@ class CountLayout:
     width: int
     max_count: int
     packed: bool = True
+    min_count: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_samples <= 0 or self.width <= 0 or self.max_count <= 0:
-            raise ValueError(f"CountLayout needs positive n_samples/width/max_count, got {self}")
-        if self.max_count.bit_length() > _MANTISSA_BITS:
-            raise ValueError(f"max_count {self.max_count} too large to count in float64")
+        if self.n_samples <= 0 or self.width <= 0 or self.max_count <= 0 or self.min_count > 0:
+            raise ValueError(f"CountLayout needs positive n_samples/width/max_count and min_count <= 0, got {self}")
+        if self.bits > _MANTISSA_BITS:
+            raise ValueError(f"count range [{self.min_count}, {self.max_count}] too large to count in float64")
 
     @property
     def recording(self) -> bool:
@@ -45,7 +48,7 @@ class CountLayout:
 
     @property
     def bits(self) -> int:
-        return int(self.max_count).bit_length()
+        return int(self.max_count - self.min_count).bit_length()
 
     @property
     def per_word(self) -> int:
@@ -67,7 +70,7 @@ class CountLayout:
     def pack(self, counts: np.ndarray) -> np.ndarray:
         """(len(tokens), width) counts of one window -> (n_words,) float64 words."""
         flat = np.zeros(self.n_words * self.per_word, dtype=np.float64)
-        flat[:self.n_values] = np.asarray(counts, dtype=np.float64).ravel()
+        flat[:self.n_values] = np.asarray(counts, dtype=np.float64).ravel() - self.min_count
         weights = np.ldexp(1.0, self.bits * np.arange(self.per_word))
         return flat.reshape(self.n_words, self.per_word) @ weights  # exact: all sums < 2**52
 
@@ -81,7 +84,7 @@ class CountLayout:
             raise ValueError("count words are not non-negative integers (corrupted readout?)")
         shifts = (self.bits * np.arange(self.per_word)).astype(np.int64)
         vals = (w[:, :, None] >> shifts) & ((1 << self.bits) - 1)
-        vals = vals.reshape(self.n_samples, -1)[:, :self.n_values]
+        vals = vals.reshape(self.n_samples, -1)[:, :self.n_values] + self.min_count
         return vals.reshape(self.n_samples, len(self.tokens), self.width)
 
 

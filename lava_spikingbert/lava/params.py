@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from lava_spikingbert.config import NEURON_KINDS
 from lava_spikingbert.lava import kernels
 
 # Mirrors lava_spikingbert.encoder.MASK_NEGATIVE (additive attention mask of padded keys);
 # a test checks the two agree (this module may not import the torch encoder).
 MASK_NEGATIVE = -10000.0
-NEURON_KINDS = ("if_subtract", "lif_reset_zero")
 LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
 LAYER_LINEARS = ("query", "key", "value", "attn_out", "intermediate", "output")
 LAYER_NORMS = ("attn_norm", "output_norm")

@@ -22,15 +22,15 @@ from lava_spikingbert.lava.counts import CountLayout, check_record_index
 
 # ------------------------------------------------------------------ Processes
 def window_count_layout(shape: tuple[int, int], n_samples: int, interval: int, record_tokens: ty.Sequence[int],
-                        record_index: np.ndarray | None) -> tuple[CountLayout, np.ndarray | None]:
+                        record_index: np.ndarray | None, signed: bool = False) -> tuple[CountLayout, np.ndarray | None]:
     """Count layout of a (tokens, width) population counted per window of ``interval`` steps, and
     the validated per-window index. With an index (packed sentences) the layout's tokens are its
-    slots ``0..R-1`` and ``record_tokens`` is ignored."""
+    slots ``0..R-1`` and ``record_tokens`` is ignored. ``signed``: counts of on/off units (>= -interval)."""
     if record_index is not None:
         record_index = check_record_index(record_index, int(n_samples), shape[0])
         record_tokens = range(record_index.shape[1])
     layout = CountLayout(n_samples=int(n_samples), tokens=tuple(int(t) for t in record_tokens),
-                         width=shape[1], max_count=int(interval))
+                         width=shape[1], max_count=int(interval), min_count=-int(interval) if signed else 0)
     return layout, record_index
 
 

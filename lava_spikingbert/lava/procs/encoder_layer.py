@@ -69,7 +69,9 @@ class SpikingEncoderLayer(AbstractProcess):
                    for p, r in record.items() if isinstance(r, np.ndarray)}
         layouts = {p: CountLayout(n_samples=int(n_samples),
                                   tokens=tuple(range(indices[p].shape[1])) if p in indices else tuple(record.get(p, ())),
-                                  width=widths[p], max_count=int(interval)) for p in LAYER_POPULATIONS}
+                                  width=widths[p], max_count=int(interval),
+                                  min_count=-int(interval) if kind == "if_signed_pair" else 0)
+                   for p in LAYER_POPULATIONS}
         plan = LayerPlan(int(in_depth), int(block_latency))
         super().__init__(layer=layer, n_tokens=int(n_tokens), num_heads=int(num_heads), vth=float(vth), kind=kind,
                          interval=int(interval), n_samples=int(n_samples), plan=plan, mask_bias=mask_bias,

@@ -9,6 +9,9 @@ arrived this step::
         s = v >= vth;  v -= vth where s
     lif_reset_zero (Lava's LIF with du=1, dv=0; neurons.LIFResetZero):
         s = v >  vth;  v  = 0   where s
+    if_signed_pair (neurons.IFSignedPair): an "on" and an "off" if_subtract neuron per unit,
+        the off one integrating ``-(a + bias)`` in ``v_off``; the unit sends ``s_on - s_off``
+        (-1, 0 or 1; on Loihi 2 two neurons whose synapses carry +W and -W)
 
 Window ``k`` of the population is the steps ``reset_offset + k*reset_interval + [0, reset_interval)``;
 the spikes of the recorded tokens are counted per window and the count of window ``k`` (for
@@ -36,11 +39,12 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lava_spikingbert.config import NEURON_KINDS
 from lava_spikingbert.lava.counts import WindowCounter
 from lava_spikingbert.lava.fixed import wrap24
 from lava_spikingbert.lava.procs._bases import DenseModel, WindowCountingProcess, window_count_layout
 
-KINDS = ("if_subtract", "lif_reset_zero")
+KINDS = NEURON_KINDS
 V_MAX_FIXED = 2 ** 23 - 1
 
 
@@ -53,7 +57,7 @@ class IFNeuron(WindowCountingProcess):
     vth: threshold (float; for fixed_pt an integer in weight units, compared as ``vth << 6``).
     bias_mant, bias_exp: per-neuron bias; float: ``bias_mant`` (``bias_exp`` ignored, as Lava LIF);
         fixed: ``bias_mant << bias_exp`` in membrane units.
-    kind: "if_subtract" or "lif_reset_zero".
+    kind: "if_subtract", "lif_reset_zero" or "if_signed_pair".
     reset_interval: window length T (steps per sample); reset_offset: first step of window 0.
     n_samples: number of windows whose counts are stored; record_tokens: token positions counted;
     record_index: instead, per-window positions (n_samples, R), -1 = empty slot (packed sentences).
@@ -71,7 +75,8 @@ class IFNeuron(WindowCountingProcess):
             raise ValueError(f"IFNeuron kind must be one of {KINDS}, got {kind!r}")
         if int(reset_interval) <= 0 or int(reset_offset) < 0:
             raise ValueError(f"reset_interval must be > 0 and reset_offset >= 0, got {reset_interval}, {reset_offset}")
-        layout, record_index = window_count_layout(shape, n_samples, reset_interval, record_tokens, record_index)
+        layout, record_index = window_count_layout(shape, n_samples, reset_interval, record_tokens, record_index,
+                                                   signed=kind == "if_signed_pair")
         if any(not 0 <= t < shape[0] for t in layout.tokens):
             raise ValueError(f"record_tokens {layout.tokens} outside [0, {shape[0]})")
         super().__init__(shape=shape, kind=kind, reset_interval=int(reset_interval),
@@ -80,6 +85,7 @@ class IFNeuron(WindowCountingProcess):
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.v = Var(shape=shape, init=0)
+        self.v_off = Var(shape=shape, init=0)  # the off neurons of if_signed_pair (unused otherwise)
         self.vth = Var(shape=(1,), init=vth)
         self.bias_mant = Var(shape=shape, init=np.broadcast_to(np.asarray(bias_mant), shape).copy())
         self.bias_exp = Var(shape=shape, init=np.broadcast_to(np.asarray(bias_exp), shape).copy())
@@ -96,7 +102,8 @@ class IFNeuronModel(DenseModel):
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        self.subtract = proc_params["kind"] == "if_subtract"
+        self.signed = proc_params["kind"] == "if_signed_pair"
+        self.subtract = proc_params["kind"] in ("if_subtract", "if_signed_pair")
         self.interval = proc_params["reset_interval"]
         self.offset = proc_params["reset_offset"]
         self.counter = WindowCounter(proc_params["count_layout"], self.interval, self.offset,
@@ -105,9 +112,24 @@ class IFNeuronModel(DenseModel):
     def input_current(self) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def integrate_and_fire(self, a: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        """Integrate the current ``a`` into ``v``; return the spike mask (``v`` reset by ``fire``)."""
+    def integrate(self, v: np.ndarray, a: np.ndarray, sign: int) -> np.ndarray:  # pragma: no cover - abstract
+        """``v`` after integrating the current ``sign * (a + bias)`` (not yet reset)."""
         raise NotImplementedError
+
+    def threshold(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def integrate_and_fire(self, a: np.ndarray) -> np.ndarray:
+        """Integrate ``a`` and fire: the spikes (0/1, or -1/0/1 for signed pairs), membranes reset."""
+        vth = self.threshold()
+        v = self.integrate(self.v, a, 1)
+        s = self.fire(v, vth).astype(self.dtype)
+        self.v[:] = v
+        if self.signed:
+            v_off = self.integrate(self.v_off, a, -1)
+            s -= self.fire(v_off, vth)
+            self.v_off[:] = v_off
+        return s
 
     def fire(self, v: np.ndarray, vth) -> np.ndarray:
         """Spike mask of ``v`` against ``vth``; resets the spiking entries of ``v`` in place."""
@@ -124,7 +146,8 @@ class IFNeuronModel(DenseModel):
         a = self.input_current()
         if t >= self.offset and (t - self.offset) % self.interval == 0:
             self.v[:] = 0  # each sample window starts from rest
-        spikes = self.integrate_and_fire(a).astype(self.dtype)
+            self.v_off[:] = 0
+        spikes = self.integrate_and_fire(a)
         self.counter.update(t, spikes, self.counts)
         self.s_out.send(spikes)
 
@@ -135,14 +158,17 @@ class IFNeuronModel(DenseModel):
 class PyIFNeuronModelFloat(IFNeuronModel, dtype=np.float32):
     """float32 IF neuron; see the module docstring."""
 
-    dense_arrays = ("v", "vth", "bias_mant", "bias_exp")
+    dense_arrays = ("v", "v_off", "vth", "bias_mant", "bias_exp")
 
     def input_current(self) -> np.ndarray:
         return self.receive(self.a_in)
 
-    def integrate_and_fire(self, a: np.ndarray) -> np.ndarray:
-        self.v += a + self.bias_mant
-        return self.fire(self.v, self.vth[0])
+    def threshold(self):
+        return self.vth[0]
+
+    def integrate(self, v: np.ndarray, a: np.ndarray, sign: int) -> np.ndarray:
+        # ``v + I`` / ``v - I`` as the torch neurons round them (the builder's bias here is 0)
+        return v + (a + self.bias_mant) if sign > 0 else v - (a + self.bias_mant)
 
 
 @implements(proc=IFNeuron, protocol=LoihiProtocol)
@@ -153,6 +179,7 @@ class PyIFNeuronModelFixed(IFNeuronModel, dtype=np.float64):
     exact integers as float64 (the fixed_pt TokenLinear/blocks compute in float64)."""
 
     v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    v_off: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
     vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=17)
     bias_mant: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
     bias_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=3)
@@ -160,10 +187,11 @@ class PyIFNeuronModelFixed(IFNeuronModel, dtype=np.float64):
     def input_current(self) -> np.ndarray:
         return np.asarray(self.a_in.recv()).astype(np.int64)  # integer a_in (exact in float64)
 
-    def integrate_and_fire(self, a: np.ndarray) -> np.ndarray:
-        bias = self.bias_mant.astype(np.int64) << self.bias_exp.astype(np.int64)
-        u = wrap24(a << 6)  # Lava LIF's 24-bit u wrap (docs/fixed_point.md §2.9)
-        v = np.clip(self.v.astype(np.int64) + u + bias, -V_MAX_FIXED, V_MAX_FIXED)
-        s = self.fire(v, int(self.vth[0]) << 6)
-        self.v[:] = v
-        return s
+    def threshold(self):
+        return int(self.vth[0]) << 6
+
+    def integrate(self, v: np.ndarray, a: np.ndarray, sign: int) -> np.ndarray:
+        # an off neuron is a LIF whose synapses and bias are negated: it receives -a, -bias
+        bias = sign * (self.bias_mant.astype(np.int64) << self.bias_exp.astype(np.int64))
+        u = wrap24((sign * a) << 6)  # Lava LIF's 24-bit u wrap (docs/fixed_point.md §2.9)
+        return np.clip(v.astype(np.int64) + u + bias, -V_MAX_FIXED, V_MAX_FIXED)
