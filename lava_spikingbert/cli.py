@@ -247,13 +247,15 @@ def add_neuron_arg(p: argparse.ArgumentParser) -> None:
                         "if_signed_pair = an on and an off IF neuron per unit, rates in [-1, 1])")
 
 
-def add_train_forward_arg(p: argparse.ArgumentParser) -> None:
-    from lava_spikingbert.config import TRAIN_FORWARDS
+def add_train_forward_arg(p: argparse.ArgumentParser, pipeline: bool = False) -> None:
+    from lava_spikingbert.config import PIPELINE_FORWARDS, TRAIN_FORWARDS
 
-    p.add_argument("--train-forward", default="spiking", choices=TRAIN_FORWARDS,
+    p.add_argument("--train-forward", default="spiking", choices=PIPELINE_FORWARDS if pipeline else TRAIN_FORWARDS,
                    help="forward values while training: 'spiking' (simulated ASRs, gradients from the "
                         "steady-state equations; SpikingBERT) or 'rate_ann' (the steady-state map alone, "
-                        "no spikes: an ablation measuring the architecture's own limit)")
+                        "no spikes: an ablation measuring the architecture's own limit)"
+                        + ("; 'rate_ann_warmup': rate_ann for the general and internal-layer stages, "
+                           "spiking for the prediction stage" if pipeline else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None)
     p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
     p.add_argument("--seed", type=int, default=42)
-    add_train_forward_arg(p)
+    add_train_forward_arg(p, pipeline=True)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("export", help="write the HDF5 model file (and a netx head) for Lava / Loihi 2")

@@ -22,6 +22,19 @@ PROBLEM_TYPES = ("classification", "regression")
 # evaluations during training, which pick the best stage-3 checkpoint, simulate the spiking network
 # in both cases: the product is the spiking student.
 TRAIN_FORWARDS = ("spiking", "rate_ann")
+# the pipeline's choices: a forward for all three stages, or "rate_ann_warmup": the two
+# representation stages (general and internal-layer KD) train the rate ANN, and the prediction
+# stage trains the spiking network at its equilibrium (SpikingBERT), starting from that ANN
+PIPELINE_FORWARDS = TRAIN_FORWARDS + ("rate_ann_warmup",)
+
+
+def stage_forward(pipeline_forward: str, stage: str) -> str:
+    """The training forward of one distillation stage under a pipeline forward choice."""
+    if pipeline_forward not in PIPELINE_FORWARDS:
+        raise ValueError(f"train_forward must be one of {PIPELINE_FORWARDS}, got {pipeline_forward!r}")
+    if pipeline_forward == "rate_ann_warmup":
+        return "spiking" if stage == "prediction" else "rate_ann"
+    return pipeline_forward
 
 
 class ConfigError(ValueError):

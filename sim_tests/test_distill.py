@@ -163,6 +163,17 @@ def test_internal_loss_weights(setup, tmp_path):
         StageSettings(stage="intermediate", max_steps=2, att_weight=0.0, rep_weight=0.0)
 
 
+def test_stage_forward_of_the_pipeline_choices():
+    from lava_spikingbert.config import stage_forward
+
+    stages = ("general", "intermediate", "prediction")
+    assert [stage_forward("rate_ann_warmup", s) for s in stages] == ["rate_ann", "rate_ann", "spiking"]
+    assert {stage_forward(f, s) for f in ("spiking", "rate_ann") for s in stages} == {"spiking", "rate_ann"}
+    assert all(stage_forward("spiking", s) == "spiking" for s in stages)
+    with pytest.raises(ValueError, match="train_forward must be one of"):
+        stage_forward("bptt", "general")
+
+
 def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monkeypatch):
     """forward="spiking" trains on simulated ASRs; "rate_ann" (the ablation) never simulates and
     its first step's update equals plain autograd through the steady-state map."""
@@ -336,7 +347,8 @@ def test_torchrun_two_processes(tmp_path, glue_dir, tiny_teacher_dir):
 def test_pipeline_under_torchrun_splits_each_batch_and_the_evaluation(tmp_path, glue_dir, tiny_teacher_dir):
     """scripts/main.sh runs the pipeline with one process per core: the budget's batch is global
     (each rank takes half), the teacher is fine-tuned once, and the sharded dev evaluation gives
-    the same predictions as evaluating the final student in one process."""
+    the same predictions as evaluating the final student in one process. (Run with the signed
+    neuron and the rate-ANN warm-up: stages 1-2 train the rate ANN, stage 3 the spiking network.)"""
     from lava_spikingbert.inference import intra_op_threads
     from training.data import encode, get_task, load_glue
     from training.distill import evaluate_student
@@ -346,20 +358,24 @@ def test_pipeline_under_torchrun_splits_each_batch_and_the_evaluation(tmp_path, 
     out = tmp_path / "ddp"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "lava_spikingbert.cli", "pipeline",
            "--task", "sst2", "--glue-dir", str(glue_dir), "--teacher", str(tiny_teacher_dir), "--budget", "tiny",
-           "--layers", "2", "--t-conv", "4", "--max-length", "16", "--out", str(out)]
+           "--layers", "2", "--t-conv", "4", "--max-length", "16", "--out", str(out),
+           "--neuron", "if_signed_pair", "--train-forward", "rate_ann_warmup"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((out / "pipeline_summary.json").read_text())
     assert summary["processes"] == 2
-    for stage, dirname in (("general", "1-general"), ("prediction", "3-prediction")):
+    for stage, dirname, forward in (("general", "1-general", "rate_ann"), ("intermediate", "2-intermediate", "rate_ann"),
+                                    ("prediction", "3-prediction", "spiking")):
         done = json.loads((out / "stages" / dirname / "stage_done.json").read_text())
         assert done["world_size"] == 2 and done["settings"]["batch_size"] == summary["budget"]["batch_size"] // 2
         assert done["sentences"] == done["steps"] * summary["budget"]["batch_size"], stage
+        assert done["settings"]["forward"] == forward, stage
     spec = get_task("sst2")
     _, tokenizer = load_teacher(out / "teacher", num_labels=2)
     dev = encode(load_glue(spec, "dev", glue_dir, limit=summary["budget"]["dev_limit"]), tokenizer, 16)
     student = SpikingBert.from_pretrained(out / "student")
+    assert student.config.neuron == "if_signed_pair"
     for row in summary["eval_vs_T"]:  # one intra-op thread, as each rank had (same float rounding)
         with intra_op_threads(1):
             alone = evaluate_student(student, dev, spec, t_conv=row["t_conv"], batch_size=8, workers=1)

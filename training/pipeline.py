@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lava_spikingbert import SpikingBert, SpikingBertConfig
+from lava_spikingbert.config import stage_forward
 from lava_spikingbert.fileio import atomic_save_figure, atomic_write_json
 from training.common import init_distributed, refuse_other_settings, seed_all
 from training.data import encode, get_task, load_glue, plain_text_corpus
@@ -103,6 +104,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     dist = init_distributed()
     b = BUDGETS[budget] if isinstance(budget, str) else budget
     spec = get_task(task)
+    stage_forward(train_forward, "general")  # a bad choice fails now, not after the teacher's fine-tuning
     # the budget's batch size is global: under torchrun every rank takes its share of each step's
     # batch (checked before the teacher's fine-tuning, not after)
     if b.batch_size % dist.world_size:
@@ -179,7 +181,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
             student = SpikingBert.from_pretrained(previous)
             student.config.t_conv = t_conv
         settings = _stage_settings(stage, b, seed=seed, weights=weights, batch_size=per_rank_batch,
-                                   forward=train_forward, gold_labels=gold_labels if stage == "prediction" else None,
+                                   forward=stage_forward(train_forward, stage),
+                                   gold_labels=gold_labels if stage == "prediction" else None,
                                    temperature=temperature)
         if resume and stage_done(stage_dir):
             _check_completed_stage(stage_dir, settings, dist.world_size, neuron)
