@@ -239,23 +239,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_neuron_arg(p: argparse.ArgumentParser) -> None:
+def add_neuron_arg(p: argparse.ArgumentParser, default: str = "if_subtract") -> None:
     from lava_spikingbert.config import NEURON_KINDS
 
-    p.add_argument("--neuron", default="if_subtract", choices=NEURON_KINDS,
-                   help="new student: neuron kind (if_subtract = the paper's IF neuron, rates in [0, 1]; "
-                        "if_signed_pair = an on and an off IF neuron per unit, rates in [-1, 1])")
+    p.add_argument("--neuron", default=default, choices=NEURON_KINDS,
+                   help=f"new student: neuron kind (if_subtract = the paper's IF neuron, rates in [0, 1]; "
+                        f"if_signed_pair = an on and an off IF neuron per unit, rates in [-1, 1]; default {default})")
 
 
 def add_train_forward_arg(p: argparse.ArgumentParser, pipeline: bool = False) -> None:
     from lava_spikingbert.config import PIPELINE_FORWARDS, TRAIN_FORWARDS
 
-    p.add_argument("--train-forward", default="spiking", choices=PIPELINE_FORWARDS if pipeline else TRAIN_FORWARDS,
+    p.add_argument("--train-forward", default="rate_ann_warmup" if pipeline else "spiking",
+                   choices=PIPELINE_FORWARDS if pipeline else TRAIN_FORWARDS,
                    help="forward values while training: 'spiking' (simulated ASRs, gradients from the "
                         "steady-state equations; SpikingBERT) or 'rate_ann' (the steady-state map alone, "
                         "no spikes: an ablation measuring the architecture's own limit)"
-                        + ("; 'rate_ann_warmup': rate_ann for the general and internal-layer stages, "
-                           "spiking for the prediction stage" if pipeline else ""))
+                        + ("; 'rate_ann_warmup' (default): rate_ann for the general and internal-layer "
+                           "stages, spiking for the prediction stage. The paper: --train-forward spiking "
+                           "--neuron if_subtract" if pipeline else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it a re-run continues them and refuses other settings")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--t-conv", type=positive_int, default=16)
-    add_neuron_arg(p)
+    add_neuron_arg(p, default="if_signed_pair")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"))
     p.add_argument("--gold-labels", action="store_true")
