@@ -2,8 +2,8 @@
 
 ``build_report(path, ...)`` returns a JSON-able dict:
 
-* ``hardware``: per population (neurons = tokens x width, neuron model, stock Loihi-2 model?) and
-  per connection (synapses, unique weights, weight bits, fan-in, weight exponent), the
+* ``hardware``: per population (neurons = tokens x width, x2 for signed on/off units; neuron
+  model, stock Loihi-2 model?) and per connection (synapses, unique weights, weight bits, fan-in, weight exponent), the
   non-spiking blocks (host / embedded CPU), estimated cores and chips, range violations and
   mapping issues, by name;
 * ``activity``: measured ASRs (torch simulation of the file's weights on real SST-2 dev sentences,
