@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hw_export.schema import ACT_SHIFT, BLOCK_OUT_MAX, UV_MAX, ModelFile, ModelFileError
+from lava_spikingbert.config import SIGNED_NEURONS
 
 F64 = torch.float64
 
@@ -150,7 +151,7 @@ class FixedPointModel:
         (0/1; ``if_signed_pair``: on minus off spikes, the off neurons fed ``-a`` and ``-bias``)."""
         a = a.to(torch.int64)
         bias = torch.zeros((), dtype=torch.int64) if bias_v is None else bias_v
-        if self.kind == "if_signed_pair":
+        if self.kind in SIGNED_NEURONS:
             return self._fire_lif(a, bias, True, events) - self._fire_lif(-a, -bias, True, events)
         return self._fire_lif(a, bias, self.kind == "if_subtract", events)
 

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from hw_export.schema import ACT_SHIFT, BIAS_MANT_MAX, BIAS_MANT_MIN, UV_MAX, VTH_MANT_MAX, ModelFile
+from lava_spikingbert.config import SIGNED_NEURONS
 
 
 def _ceil_log2(x: float) -> int:
@@ -85,7 +86,7 @@ def head_chain(mf: ModelFile | None = None, *, weight: np.ndarray | None = None,
         t_conv = t_conv or int(mf.config["t_conv"])
         source = f"layer{int(mf.config['num_hidden_layers']) - 1}.output"
         if signed_input is None:
-            signed_input = mf.config["neuron"] == "if_signed_pair"
+            signed_input = mf.config["neuron"] in SIGNED_NEURONS
     else:
         source = "input"
     if weight is None or bias is None or not t_conv:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from hw_export.schema import (ACT_SHIFT, UV_MAX, ModelFile, ModelFileError, read_model_file)
+from lava_spikingbert.config import SIGNED_NEURONS, SUBTRACTIVE_NEURONS
 
 # Intel Loihi 2 public figures (Loihi 2 brief, 2021): 128 neurocores, up to 1M neurons and 120M
 # synapses per chip. Per-core figures are the chip totals / 128 (the real split depends on how
@@ -65,7 +66,7 @@ def _fan_out(mf: ModelFile) -> dict[str, int]:
 def _per_unit(mf: ModelFile, population: str) -> int:
     """Neurons per unit: a signed unit (if_signed_pair) is an on and an off neuron, and a synapse
     from it is two (+W, -W)."""
-    return 2 if mf.populations[population].kind == "if_signed_pair" else 1
+    return 2 if mf.populations[population].kind in SIGNED_NEURONS else 1
 
 
 def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
                      "none: subtractive-reset IF with v >= vth needs a custom (microcode) neuron"
                      + (" (an on and an off neuron per unit)" if per_unit[p.name] == 2 else ""),
                      "cores": math.ceil(n / LOIHI2["neurons_per_core"])})
-    subtractive = [p for p in pops if p["kind"] in ("if_subtract", "if_signed_pair")]
+    subtractive = [p for p in pops if p["kind"] in SUBTRACTIVE_NEURONS]
     if subtractive:
         issues.append(f"{len(subtractive)} populations use the paper's subtractive-reset IF neuron "
                       f"({', '.join(sorted({p['kind'] for p in subtractive}))}): no stock Loihi-2 neuron model (Lava "

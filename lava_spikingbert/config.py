@@ -11,6 +11,10 @@ from typing import Any
 from lava_spikingbert.fileio import atomic_write_text
 
 NEURON_KINDS = ("if_subtract", "lif_reset_zero", "if_signed_pair")
+# neuron kinds whose unit is an on and an off neuron (spikes -1/0/1), and those that reset by
+# subtraction (no stock Loihi 2 model); the torch neurons, the Lava processes and the exporter read these
+SIGNED_NEURONS = ("if_signed_pair",)
+SUBTRACTIVE_NEURONS = ("if_subtract", "if_signed_pair")
 WEIGHT_MODES = ("fp32", "int8", "ternary", "binary")
 GRAD_POINTS = ("snn", "ann")
 PROBLEM_TYPES = ("classification", "regression")

@@ -28,6 +28,7 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.lif.process import LIFReset
 
+from lava_spikingbert.config import SIGNED_NEURONS
 from lava_spikingbert.lava.counts import CountLayout, check_record_index
 from lava_spikingbert.lava.depths import LAYER_POPULATIONS, LayerPlan
 from lava_spikingbert.lava.procs.current_blocks import GELU, ResidualLayerNorm
@@ -70,7 +71,7 @@ class SpikingEncoderLayer(AbstractProcess):
         layouts = {p: CountLayout(n_samples=int(n_samples),
                                   tokens=tuple(range(indices[p].shape[1])) if p in indices else tuple(record.get(p, ())),
                                   width=widths[p], max_count=int(interval),
-                                  min_count=-int(interval) if kind == "if_signed_pair" else 0)
+                                  min_count=-int(interval) if kind in SIGNED_NEURONS else 0)
                    for p in LAYER_POPULATIONS}
         plan = LayerPlan(int(in_depth), int(block_latency))
         super().__init__(layer=layer, n_tokens=int(n_tokens), num_heads=int(num_heads), vth=float(vth), kind=kind,

@@ -39,12 +39,15 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spikingbert.config import NEURON_KINDS
+from lava_spikingbert.config import NEURON_KINDS, SIGNED_NEURONS, SUBTRACTIVE_NEURONS
 from lava_spikingbert.lava.counts import WindowCounter
 from lava_spikingbert.lava.fixed import wrap24
-from lava_spikingbert.lava.procs._bases import DenseModel, WindowCountingProcess, window_count_layout
+from lava_spikingbert.lava.procs._bases import (
+    DenseModel,
+    WindowCountingProcess,
+    window_count_layout,
+)
 
-KINDS = NEURON_KINDS
 V_MAX_FIXED = 2 ** 23 - 1
 
 
@@ -71,12 +74,12 @@ class IFNeuron(WindowCountingProcess):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 2:
             raise ValueError(f"IFNeuron shape must be (tokens, width), got {shape}")
-        if kind not in KINDS:
-            raise ValueError(f"IFNeuron kind must be one of {KINDS}, got {kind!r}")
+        if kind not in NEURON_KINDS:
+            raise ValueError(f"IFNeuron kind must be one of {NEURON_KINDS}, got {kind!r}")
         if int(reset_interval) <= 0 or int(reset_offset) < 0:
             raise ValueError(f"reset_interval must be > 0 and reset_offset >= 0, got {reset_interval}, {reset_offset}")
         layout, record_index = window_count_layout(shape, n_samples, reset_interval, record_tokens, record_index,
-                                                   signed=kind == "if_signed_pair")
+                                                   signed=kind in SIGNED_NEURONS)
         if any(not 0 <= t < shape[0] for t in layout.tokens):
             raise ValueError(f"record_tokens {layout.tokens} outside [0, {shape[0]})")
         super().__init__(shape=shape, kind=kind, reset_interval=int(reset_interval),
@@ -102,8 +105,8 @@ class IFNeuronModel(DenseModel):
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        self.signed = proc_params["kind"] == "if_signed_pair"
-        self.subtract = proc_params["kind"] in ("if_subtract", "if_signed_pair")
+        self.signed = proc_params["kind"] in SIGNED_NEURONS
+        self.subtract = proc_params["kind"] in SUBTRACTIVE_NEURONS
         self.interval = proc_params["reset_interval"]
         self.offset = proc_params["reset_offset"]
         self.counter = WindowCounter(proc_params["count_layout"], self.interval, self.offset,
