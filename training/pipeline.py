@@ -56,8 +56,8 @@ BUDGETS = {
     # train_t_conv 16: with the default rate-ANN warm-up only the prediction stage simulates, and
     # at T=16 it gave 82.1% against 80.5-81.0% at T=8 (session 8, docs/RESULTS.md). Stage 2 is
     # long because its rate-ANN steps are cheap (0.55 s) and they pay: 700 -> 1500 steps raised T=16
-    # from 81.9% to 83.8% after the same stage 3; 1300 gave 83.3% (1000: 82.2%) in a 61-minute job
-    # on a host with steal time (session 10; the 60-minute target awaits a re-measurement)
+    # from 81.9% to 83.8% after the same stage 3; 1300 gives 83.3% (1000: 82.2%). The whole job took
+    # 52 min on a quiet host (session 11) and 61 min while the host stole 5-18% of the CPU (session 10)
     "default": Budget(teacher_epochs=1, general_steps=300, intermediate_steps=1300, prediction_steps=600,
                       train_t_conv=16, eval_every=200),
     # with the rate-ANN warm-up only the prediction stage simulates; it trains at the evaluation's
