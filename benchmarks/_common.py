@@ -1,7 +1,7 @@
 """Shared helpers of the spiking-core benchmarks: data, tokenizer, model initialisation, output.
 
 Nothing here is timed. The benchmarks use SST-2 from GLUE's own TSV files (through
-``training.data`` when it is importable, else a small csv reader), the BERT WordPiece tokenizer
+``training.readers``), the BERT WordPiece tokenizer
 of the packaged MiniLM teacher, and the default student ``SpikingBertConfig()``.
 
 Weights: ``--model DIR`` loads a trained checkpoint. Without it the student is randomly
@@ -13,7 +13,6 @@ realistic range). ``describe_weights`` says which was used; every benchmark prin
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import os
 import platform
@@ -22,17 +21,14 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import torch
+
+from lava_spikingbert.model.config import SpikingBertConfig
+from lava_spikingbert.model.encoder import SpikingBert
+from training.readers import load_glue, resolve_glue_dir
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-
-from lava_spikingbert import SpikingBert, SpikingBertConfig  # noqa: E402
-
-DEFAULT_GLUE = REPO.parent / "shared" / "data" / "glue"
 DEFAULT_GAIN = 3.0
 
 
@@ -97,42 +93,13 @@ def run_info(args) -> dict:
 
 # ---------------------------------------------------------------------------------------- data
 def glue_dir(arg: str | None) -> Path:
-    """The GLUE directory: ``training.data.resolve_glue_dir`` (flag, $GLUE_DIR, ../shared/data/glue)
-    when the project is importable, else the same order without its checks."""
-    try:
-        from training.data import resolve_glue_dir
-    except ImportError:
-        pass
-    else:
-        return resolve_glue_dir(arg)
-    if arg:
-        return Path(arg).expanduser()
-    env = os.environ.get("GLUE_DIR")
-    return Path(env).expanduser() if env else DEFAULT_GLUE
+    """The GLUE directory: the flag, else $GLUE_DIR, else ../shared/data/glue (``resolve_glue_dir``)."""
+    return resolve_glue_dir(arg)
 
 
 def load_sst2(split: str, glue: str | None = None, limit: int | None = None) -> list[tuple[str, int]]:
     """(sentence, label) pairs of SST-2 ``split`` ("train" / "dev"), file order, first ``limit``."""
-    root = glue_dir(glue)
-    try:
-        from training.data import load_glue
-
-        return [(ex.text_a, int(ex.label)) for ex in load_glue("sst2", split, root, limit=limit)]
-    except ImportError:
-        pass
-    path = root / "SST-2" / f"{split}.tsv"
-    if not path.is_file():
-        raise FileNotFoundError(f"SST-2 {split} split not found: {path} (pass --glue-dir or set GLUE_DIR)")
-    rows: list[tuple[str, int]] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        si, li = header.index("sentence"), header.index("label")
-        for row in reader:
-            rows.append((row[si], int(row[li])))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+    return [(ex.text_a, int(ex.label)) for ex in load_glue("sst2", split, glue_dir(glue), limit=limit)]
 
 
 _TOKENIZER = None
@@ -149,7 +116,7 @@ def tokenizer():
     if _TOKENIZER is None:
         from transformers import AutoTokenizer
 
-        _TOKENIZER = AutoTokenizer.from_pretrained(str(teacher_dir()))
+        _TOKENIZER = AutoTokenizer.from_pretrained(str(teacher_dir()), local_files_only=True)
     return _TOKENIZER
 
 
@@ -161,7 +128,7 @@ def tokenize(sentences: Sequence[str], max_length: int = 128) -> list[list[int]]
 def pad_batch(ids: Sequence[Sequence[int]], length: int | None = None):
     """(input_ids, attention_mask, token_type_ids) long tensors, right-padded with 0 to ``length``
     (default: the longest sequence)."""
-    from lava_spikingbert.inference import right_pad
+    from lava_spikingbert.model.inference import right_pad
 
     return right_pad(ids, length=length)
 
@@ -237,7 +204,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def save_figure(fig, path: str | Path) -> None:
-    from lava_spikingbert.fileio import atomic_save_figure
+    from lava_spikingbert.contract.atomic import atomic_save_figure
 
     atomic_save_figure(fig, path)
     print(f"wrote {path}")
@@ -246,7 +213,7 @@ def save_figure(fig, path: str | Path) -> None:
 def write_json(path: str | None, payload: dict) -> None:
     if not path:
         return
-    from lava_spikingbert.fileio import atomic_write_json
+    from lava_spikingbert.contract.atomic import atomic_write_json
 
     atomic_write_json(Path(path), payload)
     print(f"wrote {path}")

@@ -38,13 +38,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-import _common as C  # noqa: E402
-from lava_spikingbert import population_names  # noqa: E402
-from lava_spikingbert.encoder import Activity  # noqa: E402
+import _common as C
+from lava_spikingbert.contract.constants import population_names
+from lava_spikingbert.model.encoder import Activity
 
 
 @torch.no_grad()

@@ -41,9 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+import _common as C
 
 MODES = {"implicit": "equilibrium", "bptt": "bptt"}
 
@@ -92,7 +90,7 @@ def child(args) -> dict:
 
     C.setup_torch(args.threads)
     if args.old_chunking:  # the previous default: one chunk of all T steps
-        import lava_spikingbert.encoder as encoder
+        import lava_spikingbert.model.encoder as encoder
 
         encoder.SIM_CHUNK_BYTES = 1 << 62
     model, weights = C.build_model(args)

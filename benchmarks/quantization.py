@@ -24,7 +24,7 @@ import time
 
 from _common import (add_common_args, build_model, glue_dir, run_info, setup_torch, table, tokenizer,
                      write_json)
-from lava_spikingbert.inference import right_pad
+from lava_spikingbert.model.inference import right_pad
 
 
 def _tokenizer_for(model_dir: str | None):
@@ -52,8 +52,10 @@ def main() -> None:
     setup_torch(args.threads)
 
     from hw_export.quantize import quantize_model
-    from lava_spikingbert import SpikingBert
-    from training.data import encode, get_task, load_glue
+    from lava_spikingbert.model.encoder import SpikingBert
+    from training.batching import encode
+    from training.readers import load_glue
+    from training.tasks import get_task
     from training.distill import evaluate_student
 
     model, weights_text = build_model(args)

@@ -1,7 +1,7 @@
 """Inference throughput of the spiking simulation: reference-style schedule vs ours.
 
 Both compute the same model (the default student, same weights, T = ``--t-conv`` = 16) with the
-SAME synaptic maps of ``lava_spikingbert.encoder`` (``layer.key_current`` ... ``output_current``)
+SAME synaptic maps of ``lava_spikingbert.model.encoder`` (``layer.key_current`` ... ``output_current``)
 and the same IF dynamics (u += I; s = u >= vth; u -= vth * s); they differ only in the schedule:
 
 (a) reference-style (``reference_logits``): what the reference code's ``snn_forward`` does at
@@ -16,7 +16,7 @@ and the same IF dynamics (u += I; s = u >= vth; u -= vth * s); they differ only 
     same length, so nothing is padded; ``--mixed-lengths``: plain batches of 32 of the sorted
     order, padded to the longest) + ``SpikingBert.predict_logits`` (population-major chunks of
     time steps, the last layer computed for [CLS] only, in-place membrane loop), ``--workers``
-    batches at a time (``lava_spikingbert.inference.predict_batches``: one batch per core, each
+    batches at a time (``lava_spikingbert.model.inference.predict_batches``: one batch per core, each
     with one intra-op thread; default: one worker per ``--threads``; 1 = one batch at a time
     with ``--threads`` intra-op threads, the session-2..4 schedule). With quantized
     synapses (a QAT checkpoint, or ``--quantize``) ours multiplies the binary spikes with the int8
@@ -46,13 +46,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-import _common as C  # noqa: E402
-from lava_spikingbert.inference import map_batches, predict_batches  # noqa: E402
-from lava_spikingbert.neurons import IFSubtract  # noqa: E402
+import _common as C
+from lava_spikingbert.model.inference import map_batches, predict_batches
+from lava_spikingbert.model.neurons import IFSubtract
 
 
 @torch.no_grad()
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model, weights = C.build_model(args)
     if args.quantize:
-        from lava_spikingbert.quantizers import attach_weight_quantizers
+        from lava_spikingbert.model.quantizers import attach_weight_quantizers
         attach_weight_quantizers(model, args.quantize)
         weights += f", synapses quantized post-training to {args.quantize}"
     integer = model.config.weights != "fp32" and not args.float_synapses

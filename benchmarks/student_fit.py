@@ -24,18 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import _common as C  # noqa: E402
+import _common as C
 
 
 @torch.no_grad()
 def rate_ann_predictions(model, encoded, batch_size: int) -> np.ndarray:
     """Argmax of the student's rate ANN (``steady_state`` mode) in the order of ``encoded``."""
-    from training.data import length_bucketed_batches
+    from training.batching import length_bucketed_batches
 
     model.eval()
     preds = np.zeros(len(encoded), dtype=np.int64)
@@ -58,8 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     C.setup_torch(args.threads)
 
-    from lava_spikingbert import SpikingBert
-    from training.data import encode, get_task, load_glue
+    from lava_spikingbert.model.encoder import SpikingBert
+    from training.batching import encode
+    from training.readers import load_glue
+    from training.tasks import get_task
     from training.distill import evaluate_student
     from training.teacher import load_teacher, predict
 

@@ -1,7 +1,7 @@
 """Export a trained spiking student to the lava-spikingbert model file (and a netx head file).
 
 ``export_model(model_dir, precision, out)``: load the checkpoint, quantize it (post-training) when
-``precision`` is a quantized mode and the model is fp32, build the :class:`~hw_export.schema.ModelFile`
+``precision`` is a quantized mode and the model is fp32, build the :class:`~lava_spikingbert.contract.model_file.ModelFile`
 (config, tokenizer files, embeddings, populations, connections, blocks, classifier, fixed-point
 parameters), write it atomically, read it back through the validating reader and return that.
 ``model_from_file`` rebuilds a torch ``SpikingBert`` that simulates exactly the file's weights.
@@ -18,9 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hw_export.netx_head import head_chain, write_netx_head
 from hw_export.quantize import connections_from_model, quantize_model
-from hw_export.schema import (BLOCK_OUT_MAX, DEFAULT_SCALE_EXP, MASK_NEGATIVE, QUANTIZED, TOKENIZER_FILES, Block,
-                              ModelFile, ModelFileError, Population, graph_layout, read_model_file, write_model_file)
+from lava_spikingbert.contract.constants import (BLOCK_OUT_MAX, DEFAULT_SCALE_EXP, LAYER_SYNAPSES, MASK_NEGATIVE,
+                                                 QUANTIZED_MODES, WEIGHT_MODES)
+from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.model_file import (TOKENIZER_FILES, Block, ModelFile, ModelFileError, Population,
+                                                  graph_layout, read_model_file, write_model_file)
+from lava_spikingbert.model.config import SpikingBertConfig
+from lava_spikingbert.model.encoder import SpikingBert
 
 WEIGHT_EXP_RANGE_ASSUMED = (-8, 7)  # Loihi weight exponent range (Loihi 1 figure; unverified for Loihi 2)
 
@@ -65,9 +71,9 @@ def model_file_from_model(model, precision: str | None = None, *, scale_exp: int
                           tokenizer_dir: str | Path | None = None, provenance: dict | None = None) -> ModelFile:
     """The in-memory model file of ``model`` (quantized to ``precision`` first if needed)."""
     precision = precision or model.config.weights
-    if precision in QUANTIZED and model.config.weights != precision:
+    if precision in QUANTIZED_MODES and model.config.weights != precision:
         model = quantize_model(model, precision)
-    vth_mant = 2 ** scale_exp if precision in QUANTIZED else None
+    vth_mant = 2 ** scale_exp if precision in QUANTIZED_MODES else None
     if vth_mant is not None and not (1 <= vth_mant < 2 ** 17):
         raise ValueError(f"scale_exp {scale_exp}: vth_mant = 2**scale_exp must be below 2**17 (17-bit threshold)")
     cfg = model.config.to_dict()
@@ -101,7 +107,7 @@ def model_file_from_model(model, precision: str | None = None, *, scale_exp: int
            "token_type": _np(e.token_type_embeddings.weight), "gamma": _np(e.LayerNorm.weight),
            "beta": _np(e.LayerNorm.bias)}
     quantization: dict = {"mode": precision}
-    if precision in QUANTIZED:
+    if precision in QUANTIZED_MODES:
         lam = float(cfg["vth"]) / 2.0 ** scale_exp
         quantization.update({"scale_exp": scale_exp, "vth_mant": vth_mant, "current_unit": lam,
                              "membrane_lsb": lam / 64.0, "rounding": "half_even",
@@ -125,22 +131,18 @@ def export_model(model, precision: str, out: str | Path, *, scale_exp: int = DEF
     """
     model_dir = None
     if isinstance(model, (str, Path)):
-        from lava_spikingbert import SpikingBert
-
         model_dir = Path(model)
         model = SpikingBert.from_pretrained(model_dir)
-    if precision not in ("fp32", *QUANTIZED):
-        raise ValueError(f"unknown precision {precision!r}")
+    if precision not in WEIGHT_MODES:
+        raise SpikingBertError(f"unknown precision {precision!r}")
     if model.config.weights != "fp32" and precision not in ("fp32", model.config.weights):
-        raise ValueError(f"the model was trained with {model.config.weights} weights: export it with --precision "
+        raise SpikingBertError(f"the model was trained with {model.config.weights} weights: export it with --precision "
                          f"{model.config.weights} (or fp32 for its float values), not {precision}")
     mf = model_file_from_model(model, precision, scale_exp=scale_exp, tokenizer_dir=model_dir,
                                provenance={"source": str(model_dir) if model_dir else None})
     write_model_file(out, mf)
     back = read_model_file(out)
     if netx_head is not None:
-        from hw_export.netx_head import head_chain, write_netx_head
-
         write_netx_head(netx_head, head_chain(back, t_conv=head_t_conv))
     return back
 
@@ -150,8 +152,6 @@ def model_from_file(mf: ModelFile | str | Path):
 
     Used for measuring activity (reports) and for parity tests; ``fit_dense`` is not in the file.
     """
-    from lava_spikingbert import SpikingBert, SpikingBertConfig
-
     if not isinstance(mf, ModelFile):
         mf = read_model_file(mf)
     cfg = dict(mf.config)
@@ -166,7 +166,7 @@ def model_from_file(mf: ModelFile | str | Path):
         e.LayerNorm.weight.copy_(t(mf.embeddings["gamma"]))
         e.LayerNorm.bias.copy_(t(mf.embeddings["beta"]))
         for i, layer in enumerate(model.layers):
-            for name in ("query", "key", "value", "attn_out", "intermediate", "output"):
+            for name in LAYER_SYNAPSES:
                 c = mf.connections[f"layer{i}.{name}"]
                 getattr(layer, name).weight.copy_(t(c.weight))
                 getattr(layer, name).bias.copy_(t(c.bias))

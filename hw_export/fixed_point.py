@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hw_export.schema import ACT_SHIFT, BLOCK_OUT_MAX, UV_MAX, ModelFile, ModelFileError
-from lava_spikingbert.config import SIGNED_NEURONS
+from hw_export.export import model_file_from_model
+from lava_spikingbert.contract.constants import ACT_SHIFT, BLOCK_OUT_MAX, DEFAULT_SCALE_EXP, SIGNED_NEURONS, UV_MAX
+from lava_spikingbert.contract.model_file import ModelFile, ModelFileError
 
 F64 = torch.float64
 
@@ -69,7 +70,7 @@ class FixedPointResult:
 
 
 class FixedPointModel:
-    """The fixed-point student of a quantized :class:`~hw_export.schema.ModelFile`."""
+    """The fixed-point student of a quantized :class:`~lava_spikingbert.contract.model_file.ModelFile`."""
 
     def __init__(self, mf: ModelFile) -> None:
         if not mf.quantized:
@@ -105,9 +106,6 @@ class FixedPointModel:
     @classmethod
     def from_model(cls, model, *, scale_exp: int | None = None) -> "FixedPointModel":
         """From a quantized torch ``SpikingBert`` (built in memory, as the exporter would write it)."""
-        from hw_export.export import model_file_from_model
-        from hw_export.schema import DEFAULT_SCALE_EXP
-
         return cls(model_file_from_model(model, scale_exp=DEFAULT_SCALE_EXP if scale_exp is None else scale_exp))
 
     # ------------------------------------------------------------------ float64 blocks

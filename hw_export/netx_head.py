@@ -1,4 +1,4 @@
-"""The classifier head as a lava-dl netx chain (HDF5) and our own Lava builder of the same chain.
+"""The classifier head as a lava-dl netx chain (HDF5).
 
 The spiking student's head is ``logits = W_c a + b_c`` on the [CLS] ASR ``a`` of the last output
 population: a linear map of a *rate*, no neuron. On Loihi it becomes a purely sequential
@@ -17,7 +17,8 @@ After ``T`` steps (plus the Dense's one-step delay) the voltage is
 ``v = 64 * (W_mant @ sum_t s_t + T * bias_mant)``, so ``logits = v * 2**E / (64 * T)`` with the
 classifier quantized to 8 bits: reading ``v`` once per sentence replaces the host-side
 classifier. ``head_chain(..., vth_mant=small)`` gives the same chain with a reachable threshold
-(reset-to-zero "evidence" spikes), used to compare spike trains between netx and our builder.
+(reset-to-zero "evidence" spikes), used by the tests to compare spike trains between netx and a
+chain built from stock Lava processes.
 The netx format is lava-semantics.md section 6; netx is fixed_pt only.
 """
 
@@ -25,15 +26,16 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from hw_export.schema import ACT_SHIFT, BIAS_MANT_MAX, BIAS_MANT_MIN, UV_MAX, VTH_MANT_MAX, ModelFile
-from lava_spikingbert.config import SIGNED_NEURONS
+from lava_spikingbert.contract.atomic import atomic_file
+from lava_spikingbert.contract.constants import (ACT_SHIFT, BIAS_MANT_MAX, BIAS_MANT_MIN, SIGNED_NEURONS, UV_MAX,
+                                                 VTH_MANT_MAX)
+from lava_spikingbert.contract.model_file import ModelFile
 
 
 def _ceil_log2(x: float) -> int:
@@ -115,15 +117,8 @@ def head_chain(mf: ModelFile | None = None, *, weight: np.ndarray | None = None,
 
 def write_netx_head(path: str | os.PathLike, chain: HeadChain) -> Path:
     """Write the chain as a lava-dl netx HDF5 network (input layer + one dense CUBA layer)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     c, h = chain.shape
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["description"] = ("lava-spikingbert classifier head: [CLS] spikes of the last output population "
                                       "-> Dense -> non-leaky CUBA accumulators; logits = v * 2**exponent / (64 T)")
@@ -149,95 +144,4 @@ def write_netx_head(path: str | os.PathLike, chain: HeadChain) -> Path:
             n.create_dataset("vThMant", data=np.int64(chain.vth_mant))
             n.create_dataset("refDelay", data=np.int64(1))
             n.create_dataset("gradedSpike", data=np.bool_(False))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-# ------------------------------------------------------------------------------------ Lava runs
-def _lava_import_guard() -> None:
-    from lava_spikingbert.lava.runner import import_lava_runtime
-
-    import_lava_runtime()
-
-
-def _run(source_proc, neuron, spikes: np.ndarray, extra_steps: int = 1, timeout: float | None = 600.0):
-    """Drive ``source_proc`` -> ... -> ``neuron`` with ``spikes`` (T, H); returns (v trace, s trace)."""
-    _lava_import_guard()
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.sink import RingBuffer as Sink
-    from lava.proc.io.source import RingBuffer as Source
-    from lava.proc.monitor.process import Monitor
-
-    spikes = np.asarray(spikes)
-    steps = spikes.shape[0] + extra_steps
-    data = np.zeros((spikes.shape[1], steps), dtype=np.int32)
-    data[:, : spikes.shape[0]] = spikes.T
-    src = Source(data=data)
-    src.s_out.connect(source_proc)
-    sink = Sink(shape=neuron.s_out.shape, buffer=steps)
-    neuron.s_out.connect(sink.a_in)
-    mon = Monitor()
-    mon.probe(neuron.v, steps)
-    # as lava_spikingbert.lava.runner.run_network: a non-blocking run watched for dead model
-    # processes (Lava's blocking wait hangs when one raises), and a stop that cannot hang and
-    # leaves no child process behind
-    from lava_spikingbert.lava.runner import ChildGuard, _wait_for_run, shutdown
-
-    guard = ChildGuard()
-    try:
-        src.create_runtime(run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-        src.run(condition=RunSteps(num_steps=steps, blocking=False))
-        _wait_for_run(src.runtime, timeout)
-        v = mon.get_data()[neuron.name]["v"]
-        s = sink.data.get().T
-    finally:
-        shutdown(src, guard)
-    return np.asarray(v, dtype=np.int64), np.asarray(s, dtype=np.int64)
-
-
-def run_chain_lava(chain: HeadChain, spikes: np.ndarray):
-    """Our builder: ``Dense(weight)`` + ``LIF(du=4095, dv=0, vth, bias_mant, bias_exp=6)``, fixed_pt.
-
-    Returns the per-step voltage and spikes, (T+1, C) each (the Dense delivers one step later)."""
-    _lava_import_guard()
-    from lava.proc.dense.process import Dense
-    from lava.proc.lif.process import LIF
-
-    c, h = chain.shape
-    dense = Dense(weights=chain.weight.astype(np.int32))
-    lif = LIF(shape=(c,), du=4095, dv=0, vth=chain.vth_mant, bias_mant=chain.bias_mant.astype(np.int32),
-              bias_exp=6)
-    dense.a_out.connect(lif.a_in)
-    return _run(dense.s_in, lif, spikes)
-
-
-def run_chain_netx(path: str | os.PathLike, spikes: np.ndarray):
-    """The netx loader: ``lava.lib.dl.netx.hdf5.Network(path)`` (fixed_pt), same outputs as above."""
-    _lava_import_guard()
-    from lava.lib.dl.netx import hdf5
-
-    net = hdf5.Network(net_config=str(path))
-    return _run(net.inp, net.layers[-1].neuron, spikes)
-
-
-def run_dense_lif_lava(weight: np.ndarray, weight_exp: int, bias_mant: np.ndarray, bias_exp: int, vth_mant: int,
-                       spikes: np.ndarray, *, kind: str = "lif_reset_zero"):
-    """One stock Lava Dense + LIF population (fixed_pt) driven by ``spikes`` (T, H): the reference
-    check of the fixed-point spec for neuron-bound synapses. Only ``lif_reset_zero`` has a stock model."""
-    _lava_import_guard()
-    from lava.proc.dense.process import Dense
-    from lava.proc.lif.process import LIF
-
-    if kind != "lif_reset_zero":
-        raise ValueError("stock Lava LIF implements lif_reset_zero only (subtractive reset needs a custom model)")
-    n = weight.shape[0]
-    dense = Dense(weights=np.asarray(weight, dtype=np.int32), weight_exp=int(weight_exp))
-    lif = LIF(shape=(n,), du=4095, dv=0, vth=int(vth_mant), bias_mant=np.asarray(bias_mant, dtype=np.int32),
-              bias_exp=np.full((n,), int(bias_exp), dtype=np.int32))
-    dense.a_out.connect(lif.a_in)
-    return _run(dense.s_in, lif, spikes)
+    return Path(path)

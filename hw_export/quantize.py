@@ -1,13 +1,13 @@
 """Post-training quantization and the integer (Loihi / Lava fixed-point) view of every synapse.
 
-* :func:`quantize_model` attaches the quantizers of ``lava_spikingbert.quantizers`` to a copy of a
+* :func:`quantize_model` attaches the quantizers of ``lava_spikingbert.model.quantizers`` to a copy of a
   full-precision model (PTQ; the latent weights are kept, so the result can also be fine-tuned
   with quantization-aware KD);
-* :func:`connections_from_model` gives every synapse as a schema :class:`~hw_export.schema.Connection`:
+* :func:`connections_from_model` gives every synapse as a schema :class:`~lava_spikingbert.contract.model_file.Connection`:
   float weights for fp32, else the Lava Dense mantissas, the weight exponent relative to the
   fixed-point threshold, the sign mode, the scale, and for neuron-bound synapses the LIF bias
   mantissa/exponent;
-* :func:`integer_view` is the :class:`~hw_export.schema.IntegerView` of a quantized model.
+* :func:`integer_view` is the :class:`~lava_spikingbert.contract.model_file.IntegerView` of a quantized model.
 
 Fixed-point units (docs/fixed_point.md): ``vth_mant = 2**p`` (``p = scale_exp``). One ``a_in`` LSB
 ("weight unit") is the float current ``lam = vth / 2**p``; the membrane LSB is ``lam / 64``. A
@@ -22,9 +22,10 @@ import copy
 import numpy as np
 import torch
 
-from hw_export.schema import (BIAS_EXP_MAX, BIAS_MANT_MAX, BIAS_MANT_MIN, DEFAULT_SCALE_EXP, Connection,
-                              IntegerView, ModelFileError, graph_layout)
-from lava_spikingbert.quantizers import QUANTIZED_MODES, WEIGHT_MODES, attach_weight_quantizers, integer_weights
+from lava_spikingbert.contract.constants import (BIAS_EXP_MAX, BIAS_MANT_MAX, BIAS_MANT_MIN, DEFAULT_SCALE_EXP, LAYER_SYNAPSES,
+                                                 QUANTIZED_MODES, WEIGHT_MODES)
+from lava_spikingbert.contract.model_file import Connection, IntegerView, IntSynapse, ModelFileError, graph_layout
+from lava_spikingbert.model.quantizers import attach_weight_quantizers, integer_weights
 
 
 def quantize_model(model, mode: str, *, inplace: bool = False):
@@ -65,7 +66,7 @@ def _synapse_modules(model) -> dict[str, torch.nn.Module]:
                              "the model file and the Lava graph have no feedback edge")
     out = {}
     for i, layer in enumerate(model.layers):
-        for name in ("query", "key", "value", "attn_out", "intermediate", "output"):
+        for name in LAYER_SYNAPSES:
             out[f"layer{i}.{name}"] = getattr(layer, name)
     return out
 
@@ -114,8 +115,6 @@ def integer_view(model, *, scale_exp: int = DEFAULT_SCALE_EXP) -> IntegerView:
     """The integer view of a quantized model (what the model file stores for it)."""
     if model.config.weights not in QUANTIZED_MODES:
         raise ValueError("integer_view needs a quantized model (quantize_model(model, 'int8'|'ternary'|'binary'))")
-    from hw_export.schema import IntSynapse
-
     syn = {n: IntSynapse(name=n, source=c.source, target=c.target, target_kind=c.target_kind,
                          weight_mant=c.weight_mant, exponent=c.exponent, weight_exp=c.weight_exp,
                          sign_mode=c.sign_mode, scale=c.scale, bias=c.bias, bias_mant=c.bias_mant, bias_exp=c.bias_exp)

@@ -21,13 +21,23 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers import AutoTokenizer
 
-from hw_export.schema import (ACT_SHIFT, UV_MAX, ModelFile, ModelFileError, read_model_file)
-from lava_spikingbert.config import SIGNED_NEURONS, SUBTRACTIVE_NEURONS
+from hw_export.export import model_from_file
+from hw_export.fixed_point import FixedPointModel
+from lava_spikingbert.contract.atomic import atomic_save_figure
+from lava_spikingbert.contract.constants import ACT_SHIFT, SIGNED_NEURONS, SUBTRACTIVE_NEURONS, UV_MAX
+from lava_spikingbert.contract.model_file import ModelFile, ModelFileError, read_model_file
+from lava_spikingbert.model.inference import right_pad
+from training.batching import encode
+from training.readers import load_glue
+from training.tasks import TASKS, get_task
 
 # Intel Loihi 2 public figures (Loihi 2 brief, 2021): 128 neurocores, up to 1M neurons and 120M
 # synapses per chip. Per-core figures are the chip totals / 128 (the real split depends on how
@@ -188,14 +198,12 @@ def _inputs(mf: ModelFile, *, glue_dir, n: int, seq_len: int, inputs: str, seed:
         try:
             if not mf.tokenizer_files:
                 raise ModelFileError("the model file has no tokenizer")
-            from training.data import TASKS, encode, get_task, load_glue
-
             # auto: the dev sentences of the GLUE task the model was trained for (SST-2 if unknown)
             trained_for = (cfg.get("extra") or {}).get("task")
             task = trained_for if inputs == "auto" and trained_for in TASKS else "sst2"
             spec = get_task(task)
             examples = load_glue(spec, "dev", glue_dir, limit=n)
-            enc = encode(examples, mf.load_tokenizer(), max_len)
+            enc = encode(examples, file_tokenizer(mf), max_len)
             if max(max(x) for x in enc.input_ids) >= int(cfg["vocab_size"]):
                 raise ModelFileError("tokenizer ids exceed the model's vocabulary")
             sents = list(zip(enc.input_ids, enc.token_type_ids))
@@ -215,9 +223,14 @@ def _inputs(mf: ModelFile, *, glue_dir, n: int, seq_len: int, inputs: str, seed:
     return sents, None, note + (f"; GLUE dev sentences not used: {reason}" if reason else "")
 
 
-def _batches(sents, batch_size: int):
-    from lava_spikingbert.inference import right_pad
+def file_tokenizer(mf: ModelFile):
+    """A ``transformers`` tokenizer from the files stored in the model file."""
+    with tempfile.TemporaryDirectory(prefix="spikingbert-tok-") as tmp:
+        mf.write_tokenizer(tmp)
+        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
 
+
+def _batches(sents, batch_size: int):
     order = sorted(range(len(sents)), key=lambda i: len(sents[i][0]))
     for k in range(0, len(order), batch_size):
         idx = order[k:k + batch_size]
@@ -227,9 +240,6 @@ def _batches(sents, batch_size: int):
 
 def measure_activity(mf: ModelFile, sents, labels, t_list, *, batch_size: int = 16) -> dict[int, dict]:
     """Per T: mean ASR per population over real tokens, spikes per sentence, sample accuracy."""
-    import torch
-
-    from hw_export.export import model_from_file
 
     model = model_from_file(mf)
     out: dict[int, dict] = {}
@@ -314,10 +324,6 @@ def operations(mf: ModelFile, act: dict, lengths: np.ndarray, teacher: dict) -> 
 # ------------------------------------------------------------------------------------ fixed point
 def fixed_point_check(mf: ModelFile, sents, *, n: int = 8, t_conv: int | None = None) -> dict[str, Any]:
     """Integer reference vs float simulation of the same weights on ``n`` sentences."""
-    import torch
-
-    from hw_export.export import model_from_file
-    from hw_export.fixed_point import FixedPointModel
 
     fp = FixedPointModel(mf)
     model = model_from_file(mf)
@@ -444,7 +450,6 @@ def plot_efficiency(report: dict, png: str | Path) -> None:
     ax.set_title(f"{report['precision']} student: accuracy and efficiency vs T "
                  f"(ACC {ENERGY['acc_pj']} pJ, MAC {ENERGY['mac_pj']} pJ)", fontsize=9)
     fig.tight_layout()
-    from lava_spikingbert.fileio import atomic_save_figure
 
     atomic_save_figure(fig, png)
 

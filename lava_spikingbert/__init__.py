@@ -1,29 +1,15 @@
 """lava-spikingbert: SpikingBERT in PyTorch, quantized and mapped onto Intel Lava / Loihi 2.
 
-The torch model is imported lazily so that the Lava run path (``lava_spikingbert.lava``, numpy +
-lava + h5py only) never loads torch.
+Layers, bottom to top; a module imports only from its own layer and the ones below it
+(``sim_tests/test_architecture.py`` checks this; docs/architecture.md explains it):
+
+* ``lava_spikingbert.contract`` -- the model file and the shared constants (numpy + h5py only);
+* ``lava_spikingbert.model``    -- the torch student (imports the contract);
+* ``lava_spikingbert.lava``     -- the Lava runtime: runs a model file (imports the contract; no torch);
+* ``training``                  -- data, teacher, distillation, the pipeline (model + contract);
+* ``hw_export``                 -- quantization, the exporter, the fixed-point reference, reports;
+* ``lava_spikingbert.cli``, ``lava_spikingbert.lava_eval``, ``lava_spikingbert.parity`` -- the top:
+  the command line and the Lava-vs-torch comparisons, the only modules that import every layer.
 """
 
-from __future__ import annotations
-
 __version__ = "0.1.0"
-__all__ = ["Activity", "ConfigError", "SpikingBert", "SpikingBertConfig", "SpikingBertOutput", "population_names"]
-
-_LAZY = {
-    "ConfigError": "lava_spikingbert.config",
-    "SpikingBertConfig": "lava_spikingbert.config",
-    "Activity": "lava_spikingbert.encoder",
-    "SpikingBert": "lava_spikingbert.encoder",
-    "SpikingBertOutput": "lava_spikingbert.encoder",
-    "population_names": "lava_spikingbert.encoder",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lava_spikingbert' has no attribute {name!r}")

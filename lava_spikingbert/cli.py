@@ -1,4 +1,9 @@
-"""``spikingbert``: the command line. Argument parsing and wiring only; the work lives in the packages."""
+"""``spikingbert``: the command line. Argument parsing and wiring only; the work lives in the packages.
+
+The top layer: it may import every package. Each subcommand imports its own stack when it runs
+(the imports inside the ``cmd_*`` functions): ``spikingbert lava`` needs Lava and no torch, the
+training commands need torch and no Lava, and neither should pay for, or depend on, the other.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from lava_spikingbert.contract.atomic import atomic_write_json
+from lava_spikingbert.contract.constants import NEURON_KINDS, WEIGHT_MODES
+from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.model.config import PIPELINE_FORWARDS, TRAIN_FORWARDS
 
 EXIT_USAGE = 2
 
@@ -29,7 +39,8 @@ def _add_data_args(p: argparse.ArgumentParser, task_required: bool = False) -> N
 
 
 def _task_and_examples(args, split: str, limit: int | None = None):
-    from training.data import custom_task_spec, get_task, load_custom, load_glue
+    from training.readers import custom_task_spec, load_custom, load_glue
+    from training.tasks import get_task
 
     if (args.task or "").lower() == "custom":
         path = args.data_file if split != "train" else (args.train_file or args.data_file)
@@ -48,8 +59,6 @@ def _task_and_examples(args, split: str, limit: int | None = None):
 
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
-        from lava_spikingbert.fileio import atomic_write_json
-
         atomic_write_json(Path(path), payload)
         print(f"wrote {path}")
 
@@ -78,9 +87,10 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from lava_spikingbert import SpikingBert
+    from lava_spikingbert.model.encoder import SpikingBert
     from training.common import init_distributed, seed_all
-    from training.data import encode, plain_text_corpus
+    from training.batching import encode
+    from training.readers import plain_text_corpus
     from training.distill import StageSettings, init_student_from_teacher, run_stage, student_config_from_teacher
     from training.teacher import load_teacher
 
@@ -139,8 +149,8 @@ def cmd_distill(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from lava_spikingbert import SpikingBert
-    from training.data import encode
+    from lava_spikingbert.model.encoder import SpikingBert
+    from training.batching import encode
     from training.distill import evaluate_student
 
     torch.set_num_threads(args.threads)
@@ -203,9 +213,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_lava(args) -> int:
-    from lava_spikingbert.lava.evaluate import cmd_lava as run
+    from lava_spikingbert.lava_eval import evaluate
 
-    return run(args)
+    res = evaluate(args.model, args.task, args.split, limit=args.limit, tag=args.tag, t_conv=args.t_conv,
+                   glue_dir=args.glue_dir, backend=args.backend, batch_size=args.batch_size,
+                   parity=not args.no_parity, pack=args.pack, window_tokens=args.window, workers=args.workers,
+                   progress=True)
+    print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}: "
+          f"metrics={res['metrics']} agreement={res['prediction_agreement']} "
+          f"count_match={res['spike_count_match']} {res['sentences_per_s']:.2f} sent/s")
+    _write_json(args.json, res)
+    return 0
 
 
 def _load_tokenizer(model_dir: str):
@@ -240,16 +258,12 @@ def positive_int(text: str) -> int:
 
 
 def add_neuron_arg(p: argparse.ArgumentParser, default: str = "if_subtract") -> None:
-    from lava_spikingbert.config import NEURON_KINDS
-
     p.add_argument("--neuron", default=default, choices=NEURON_KINDS,
                    help=f"new student: neuron kind (if_subtract = the paper's IF neuron, rates in [0, 1]; "
                         f"if_signed_pair = an on and an off IF neuron per unit, rates in [-1, 1]; default {default})")
 
 
 def add_train_forward_arg(p: argparse.ArgumentParser, pipeline: bool = False) -> None:
-    from lava_spikingbert.config import PIPELINE_FORWARDS, TRAIN_FORWARDS
-
     p.add_argument("--train-forward", default="rate_ann_warmup" if pipeline else "spiking",
                    choices=PIPELINE_FORWARDS if pipeline else TRAIN_FORWARDS,
                    help="forward values while training: 'spiking' (simulated ASRs, gradients from the "
@@ -311,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rep-weight", type=float, default=1.0, help="internal-layer KD: weight of the hidden-state MSE")
     p.add_argument("--gold-labels", action="store_true", help="prediction stage: train on gold labels")
     p.add_argument("--corpus", default=None, help="general stage: plain-text file, one sentence per line")
-    p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
+    p.add_argument("--weights", default="fp32", choices=WEIGHT_MODES)
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="dev sentences")
     p.add_argument("--seed", type=int, default=42)
@@ -352,14 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--eval-t", type=int_list, default="4,8,16,32,64")
     p.add_argument("--corpus", default=None)
-    p.add_argument("--weights", default="fp32", choices=("fp32", "int8", "ternary", "binary"))
+    p.add_argument("--weights", default="fp32", choices=WEIGHT_MODES)
     p.add_argument("--seed", type=int, default=42)
     add_train_forward_arg(p, pipeline=True)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("export", help="write the HDF5 model file (and a netx head) for Lava / Loihi 2")
     p.add_argument("--model", required=True, help="student checkpoint directory")
-    p.add_argument("--precision", default="int8", choices=("fp32", "int8", "ternary", "binary"))
+    p.add_argument("--precision", default="int8", choices=WEIGHT_MODES)
     p.add_argument("--out", required=True, help="model file (.h5)")
     p.add_argument("--scale-exp", type=int, default=10, help="fixed point: vth_mant = 2**scale_exp")
     p.add_argument("--netx-head", default=None, help="also write the classifier head as a lava-dl netx HDF5")
@@ -418,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"spikingbert: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, KeyError) as exc:
+    except (SpikingBertError, FileNotFoundError, FileExistsError) as exc:
         if args.verbose:
             raise
         print(f"spikingbert {args.command}: error: {exc}", file=sys.stderr)

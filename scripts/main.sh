@@ -3,8 +3,8 @@
 # on SST-2 (default budget; offline). Extra arguments go to `spikingbert pipeline`.
 #
 # The distillation runs data-parallel on the cores (torchrun, gloo): PROCS processes with one
-# intra-op thread each step about 1.4x faster than one process with 2 threads on the 2-core
-# machine (docs/RESULTS.md). The budget's batch of 32 is split between the processes, so the
+# intra-op thread each step faster than one process with 2 intra-op threads (small ops scale
+# poorly over threads; docs/RESULTS.md). The budget's batch of 32 is split between the processes, so the
 # schedule is the same. PROCS=1 runs a single process; default: 2 on a machine with 2-3 cores,
 # 4 on one with more (the rest of the cores become intra-op threads).
 set -euo pipefail

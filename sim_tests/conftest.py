@@ -10,12 +10,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from lava_spikingbert import SpikingBert, SpikingBertConfig  # noqa: E402
+from lava_spikingbert.model.config import SpikingBertConfig
+from lava_spikingbert.model.encoder import SpikingBert
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_length=12, max_position_embeddings=16, t_conv=16, hidden_dropout_prob=0.0,

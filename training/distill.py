@@ -28,14 +28,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
-from lava_spikingbert import SpikingBert, SpikingBertConfig
-from lava_spikingbert.checkpoint import write_model_files
-from lava_spikingbert.config import TRAIN_FORWARDS
-from lava_spikingbert.fileio import atomic_directory, atomic_write_json, recover_directory
+from lava_spikingbert.contract.atomic import atomic_directory, atomic_write_json, recover_directory
+from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.model.checkpoint import write_model_files
+from lava_spikingbert.model.config import TRAIN_FORWARDS, SpikingBertConfig
+from lava_spikingbert.model.encoder import SpikingBert
+from lava_spikingbert.model.inference import predict_batches
+from lava_spikingbert.model.quantizers import attach_weight_quantizers
+from training.batching import EncodedDataset, length_bucketed_batches
 from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state)
-from training.data import EncodedDataset, TaskSpec, length_bucketed_batches
+from training.tasks import TaskSpec, compute_metrics
+from training.teacher import teacher_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +218,7 @@ def prediction_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
         return F.mse_loss(logits.squeeze(-1), target.to(logits.dtype))
     if settings.gold_labels or teacher_logits is None:
         if labels is None:
-            raise ValueError("prediction stage with gold labels needs labelled data")
+            raise SpikingBertError("prediction stage with gold labels needs labelled data")
         return F.cross_entropy(logits, labels)
     return soft_cross_entropy(logits, teacher_logits, settings.temperature)
 
@@ -224,13 +231,8 @@ def evaluate_student(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec
     """Task metrics of the spiking simulation at ``t_conv`` steps, plus wall time and throughput.
 
     The batches are simulated ``workers`` at a time (default: one per intra-op thread; see
-    ``lava_spikingbert.inference.predict_batches``). Under torchrun (``dist``) every rank takes a
+    ``lava_spikingbert.model.inference.predict_batches``). Under torchrun (``dist``) every rank takes a
     share of the batches and all ranks get the same result."""
-    from tqdm.auto import tqdm
-
-    from lava_spikingbert.inference import predict_batches
-    from training.data import compute_metrics
-
     dist = dist or DistEnv()
     was_training = model.training
     model.eval()
@@ -286,164 +288,203 @@ def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: Enc
     """Train ``student`` for one distillation stage; writes ``stage_dir/final`` (the stage's output:
     the best dev checkpoint for the prediction stage, the last one otherwise) and keeps a resumable
     ``stage_dir/checkpoint``."""
-    from tqdm.auto import tqdm
+    run = StageRun(settings, student, teacher, train, Path(stage_dir), tokenizer=tokenizer, spec=spec, dev=dev,
+                   dist=dist or DistEnv())
+    run.prepare(resume)
+    run.train(progress)
+    return run.finish()
 
-    from training.teacher import teacher_outputs
 
-    dist = dist or DistEnv()
-    stage_dir = Path(stage_dir)
-    ckpt_dir, final_dir = stage_dir / "checkpoint", stage_dir / "final"
-    if settings.weights != "fp32":  # quantization-aware KD: latent fp32 weights, quantized forward, STE
-        from lava_spikingbert.quantizers import attach_weight_quantizers
-        attach_weight_quantizers(student, settings.weights)
-    if settings.stage == "prediction" and settings.gold_labels and train.labels is None:
-        raise ValueError("prediction stage with gold labels needs labelled training data")
-    n_teacher_layers = teacher.config.num_hidden_layers if teacher is not None else None
-    layer_map = settings.layer_map or (default_layer_map(len(student.layers), n_teacher_layers)
-                                       if n_teacher_layers else None)
-    if layer_map is not None and (len(layer_map) != len(student.layers)
-                                  or not all(1 <= j <= (n_teacher_layers or 0) for j in layer_map)):
-        raise ValueError(f"layer_map {layer_map} must give one teacher layer in 1..{n_teacher_layers} "
-                         f"for each of the {len(student.layers)} student layers")
-    needs_teacher = settings.stage != "prediction" or not settings.gold_labels
-    if needs_teacher and teacher is None:
-        raise ValueError(f"stage {settings.stage!r} needs a teacher")
-    if settings.stage != "prediction" and student.fit_dense is None:
-        raise ValueError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
-    regression = student.config.problem_type == "regression"
-    # the T the stage trains with, recorded as a number (None means the student's own t_conv)
-    settings = replace(settings, t_conv=int(settings.t_conv or student.config.t_conv))
+class StageRun:
+    """One distillation stage in named steps: check the inputs, prepare the stage directory (or
+    resume from its checkpoint), train, evaluate on dev, write the final model."""
 
-    if dist.is_main:  # (the main rank writes the stage directory; the others wait, then read)
-        recover_directory(ckpt_dir)  # a crash while a checkpoint replaced the previous one
-        if not resume:  # a fresh run: an earlier run's completion mark and best model are void
-            (stage_dir / DONE_FILE).unlink(missing_ok=True)
-            shutil.rmtree(stage_dir / "best", ignore_errors=True)
-    dist.barrier()
-    seed_all(settings.seed)
-    student.train()
-    optimizer = make_optimizer(student, settings.lr, settings.weight_decay, head_lr=settings.head_lr)
-    scheduler = linear_schedule(optimizer, int(settings.warmup * settings.max_steps), settings.max_steps,
-                                decay=settings.decay)
-    step, best, history, wall_before, seen_before = 0, None, [], 0.0, 0
-    if resume and (ckpt_dir / STATE_FILE).is_file():
+    def __init__(self, settings: StageSettings, student: SpikingBert, teacher, train: EncodedDataset,
+                 stage_dir: Path, *, tokenizer, spec: TaskSpec | None, dev: EncodedDataset | None, dist: DistEnv):
+        self.student, self.teacher, self.train_data, self.dev, self.spec = student, teacher, train, dev, spec
+        self.tokenizer, self.dist = tokenizer, dist
+        self.stage_dir = stage_dir
+        self.ckpt_dir, self.final_dir = stage_dir / "checkpoint", stage_dir / "final"
+        if settings.weights != "fp32":  # quantization-aware KD: latent fp32 weights, quantized forward, STE
+            attach_weight_quantizers(student, settings.weights)
+        self.layer_map, self.needs_teacher = self._check_inputs(settings)
+        self.regression = student.config.problem_type == "regression"
+        # the T the stage trains with, recorded as a number (None means the student's own t_conv)
+        self.settings = replace(settings, t_conv=int(settings.t_conv or student.config.t_conv))
+        self.step, self.best, self.history = 0, None, []
+        self.wall_before, self.seen, self.start = 0.0, 0, time.perf_counter()
+        self.steps_this_call = 0
+
+    def _check_inputs(self, settings: StageSettings) -> tuple[list[int] | None, bool]:
+        """(teacher layer per student layer, whether the stage needs the teacher's outputs)."""
+        student, teacher = self.student, self.teacher
+        if settings.stage == "prediction" and settings.gold_labels and self.train_data.labels is None:
+            raise SpikingBertError("prediction stage with gold labels needs labelled training data")
+        n_teacher_layers = teacher.config.num_hidden_layers if teacher is not None else None
+        layer_map = settings.layer_map or (default_layer_map(len(student.layers), n_teacher_layers)
+                                           if n_teacher_layers else None)
+        if layer_map is not None and (len(layer_map) != len(student.layers)
+                                      or not all(1 <= j <= (n_teacher_layers or 0) for j in layer_map)):
+            raise SpikingBertError(f"layer_map {layer_map} must give one teacher layer in 1..{n_teacher_layers} "
+                             f"for each of the {len(student.layers)} student layers")
+        needs_teacher = settings.stage != "prediction" or not settings.gold_labels
+        if needs_teacher and teacher is None:
+            raise SpikingBertError(f"stage {settings.stage!r} needs a teacher")
+        if settings.stage != "prediction" and student.fit_dense is None:
+            raise SpikingBertError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
+        return layer_map, needs_teacher
+
+    # ------------------------------------------------------------------ before training
+    def prepare(self, resume: bool) -> None:
+        """Recover or clear the stage directory, seed, build the optimizer; resume if asked."""
+        settings, dist = self.settings, self.dist
+        if dist.is_main:  # (the main rank writes the stage directory; the others wait, then read)
+            recover_directory(self.ckpt_dir)  # a crash while a checkpoint replaced the previous one
+            if not resume:  # a fresh run: an earlier run's completion mark and best model are void
+                (self.stage_dir / DONE_FILE).unlink(missing_ok=True)
+                shutil.rmtree(self.stage_dir / "best", ignore_errors=True)
+        dist.barrier()
+        seed_all(settings.seed)
+        self.student.train()
+        self.optimizer = make_optimizer(self.student, settings.lr, settings.weight_decay, head_lr=settings.head_lr)
+        self.scheduler = linear_schedule(self.optimizer, int(settings.warmup * settings.max_steps),
+                                         settings.max_steps, decay=settings.decay)
+        if resume and (self.ckpt_dir / STATE_FILE).is_file():
+            self._resume()
+
+    def _resume(self) -> None:
+        """Continue from the checkpoint: weights, optimizer, schedule, RNG, counters (same settings only)."""
+        ckpt_dir, dist = self.ckpt_dir, self.dist
         state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
         saved = dict(state["settings"])
         if saved.get("t_conv") is None:  # earlier versions saved None for "the student's t_conv"
             saved["t_conv"] = json.loads((ckpt_dir / "config.json").read_text())["t_conv"]
-        diff = settings_differences(saved, settings)
+        diff = settings_differences(saved, self.settings)
         saved_world = state.get("world_size")  # not recorded by checkpoints of earlier versions
         if saved_world is not None and saved_world != dist.world_size:
             diff["processes"] = (saved_world, dist.world_size)
         refuse_other_settings(diff, f"{ckpt_dir}: refusing to resume with different settings")
-        from safetensors.torch import load_file
-        student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, best, history = state["step"], state["best"], state["history"]
-        wall_before, seen_before = state["wall_s"], state["sentences"]
+        self.student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.wall_before, self.seen = state["wall_s"], state["sentences"]
         set_rng_state(state["rng"])
         if dist.is_main:
-            logger.info("resuming stage %s at step %d/%d", settings.stage, step, settings.max_steps)
+            logger.info("resuming stage %s at step %d/%d", self.settings.stage, self.step, self.settings.max_steps)
 
-    def checkpoint_state() -> dict:
-        return {"settings": asdict(settings), "world_size": dist.world_size, "step": step, "best": best,
-                "history": history, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "wall_s": wall_before + (time.perf_counter() - start), "sentences": seen}
+    # ------------------------------------------------------------------ training
+    def train(self, progress: bool) -> None:
+        """Train until ``max_steps`` (or ``run_steps`` more steps), evaluating and checkpointing on schedule."""
+        settings, dist = self.settings, self.dist
+        per_epoch = len(length_bucketed_batches(self.train_data, settings.batch_size, shuffle=True,
+                                                seed=settings.seed, rank=dist.rank, world_size=dist.world_size))
+        if per_epoch == 0:
+            raise SpikingBertError(f"stage {settings.stage}: no training data ({len(self.train_data)} examples for "
+                             f"{dist.world_size} process(es)); check the corpus / training file and --limit-train")
+        self.start = time.perf_counter()
+        bar = tqdm(total=settings.max_steps, initial=self.step, desc=f"KD {settings.stage}",
+                   disable=not (progress and dist.is_main))
+        running = None
+        while self.step < settings.max_steps and not self._paused():
+            epoch, skip = divmod(self.step, per_epoch)
+            batches = length_bucketed_batches(self.train_data, settings.batch_size, shuffle=True, seed=settings.seed,
+                                              epoch=epoch, rank=dist.rank, world_size=dist.world_size)
+            for idx in batches.batch_indices()[skip:]:
+                batch = batches.collate(idx)
+                loss, parts = self._train_step(batch)
+                self.step += 1
+                self.steps_this_call += 1
+                self.seen += int(batch["attention_mask"].shape[0]) * dist.world_size
+                running = loss if running is None else 0.95 * running + 0.05 * loss
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+                if settings.eval_every and self.step % settings.eval_every == 0 and self.step < settings.max_steps:
+                    self.evaluate()
+                if self.step % settings.checkpoint_every == 0 and self.step < settings.max_steps and dist.is_main:
+                    save_checkpoint(self.ckpt_dir, self.student, self.tokenizer, self.checkpoint_state())
+                if self.step >= settings.max_steps or self._paused():
+                    break
+        bar.close()
 
-    def evaluate() -> float | None:
-        nonlocal best
-        if dev is None or spec is None or settings.stage != "prediction":
+    def _paused(self) -> bool:
+        """Whether this call has run its ``run_steps`` (a resumable stop before ``max_steps``)."""
+        return bool(self.settings.run_steps) and self.steps_this_call >= self.settings.run_steps
+
+    def _train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
+        """One optimizer step on a batch; returns the loss and its parts."""
+        settings, student = self.settings, self.student
+        mask = batch["attention_mask"]
+        mode = "equilibrium" if settings.forward == "spiking" else "steady_state"
+        out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=settings.t_conv)
+        t_out = teacher_outputs(self.teacher, batch) if self.needs_teacher else None
+        if settings.stage == "prediction":
+            loss = prediction_loss(out.logits, t_out.logits if t_out is not None else None,
+                                   batch.get("labels"), settings, self.regression)
+            parts = {"pred": loss.item()}
+        else:
+            att = attention_loss(out.attention_scores, t_out.attention_scores, self.layer_map, mask)
+            rep = hidden_loss(out.projected_hidden, t_out.hidden_states, self.layer_map, mask)
+            loss = settings.att_weight * att + settings.rep_weight * rep
+            parts = {"att": att.item(), "rep": rep.item()}
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dist.average_gradients(student)
+        if settings.clip_norm:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), settings.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item(), parts
+
+    def checkpoint_state(self) -> dict:
+        return {"settings": asdict(self.settings), "world_size": self.dist.world_size, "step": self.step,
+                "best": self.best, "history": self.history, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                "wall_s": self.wall_before + (time.perf_counter() - self.start), "sentences": self.seen}
+
+    def evaluate(self) -> float | None:
+        """Dev metric of the prediction stage (keeps the best model in ``stage_dir/best``)."""
+        settings, spec, dist = self.settings, self.spec, self.dist
+        if self.dev is None or spec is None or settings.stage != "prediction":
             return None
-        result = evaluate_student(student, dev, spec, dist=dist)
-        student.train()
+        result = evaluate_student(self.student, self.dev, spec, dist=dist)
+        self.student.train()
         value = result["metrics"][spec.main_metric]
-        history.append({"step": step, spec.main_metric: value})
-        if improves(value, best):
-            best = value
+        self.history.append({"step": self.step, spec.main_metric: value})
+        if improves(value, self.best):
+            self.best = value
             if dist.is_main:
-                save_checkpoint(stage_dir / "best", student, tokenizer)
+                save_checkpoint(self.stage_dir / "best", self.student, self.tokenizer)
         if dist.is_main:
-            logger.info("stage %s step %d: dev %s = %.4f (best %.4f)", settings.stage, step, spec.main_metric,
-                        value, best)
+            logger.info("stage %s step %d: dev %s = %.4f (best %.4f)", settings.stage, self.step, spec.main_metric,
+                        value, self.best)
         return value
 
-    T = settings.t_conv
-    mode = "equilibrium" if settings.forward == "spiking" else "steady_state"
-    per_epoch = len(length_bucketed_batches(train, settings.batch_size, shuffle=True, seed=settings.seed,
-                                            rank=dist.rank, world_size=dist.world_size))
-    if per_epoch == 0:
-        raise ValueError(f"stage {settings.stage}: no training data ({len(train)} examples for "
-                         f"{dist.world_size} process(es)); check the corpus / training file and --limit-train")
-    start = time.perf_counter()
-    seen = seen_before
-    steps_this_call = 0
-    bar = tqdm(total=settings.max_steps, initial=step, desc=f"KD {settings.stage}", disable=not (progress and dist.is_main))
-    running = None
-    while step < settings.max_steps:
-        epoch, skip = divmod(step, per_epoch)
-        batches = length_bucketed_batches(train, settings.batch_size, shuffle=True, seed=settings.seed, epoch=epoch,
-                                          rank=dist.rank, world_size=dist.world_size)
-        for idx in batches.batch_indices()[skip:]:
-            batch = batches.collate(idx)
-            mask = batch["attention_mask"]
-            out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=T)
-            t_out = teacher_outputs(teacher, batch) if needs_teacher else None
-            if settings.stage == "prediction":
-                loss = prediction_loss(out.logits, t_out.logits if t_out is not None else None,
-                                       batch.get("labels"), settings, regression)
-                parts = {"pred": loss.item()}
-            else:
-                att = attention_loss(out.attention_scores, t_out.attention_scores, layer_map, mask)
-                rep = hidden_loss(out.projected_hidden, t_out.hidden_states, layer_map, mask)
-                loss = settings.att_weight * att + settings.rep_weight * rep
-                parts = {"att": att.item(), "rep": rep.item()}
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            dist.average_gradients(student)
-            if settings.clip_norm:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), settings.clip_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            steps_this_call += 1
-            seen += int(mask.shape[0]) * dist.world_size
-            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
-            if settings.eval_every and step % settings.eval_every == 0 and step < settings.max_steps:
-                evaluate()
-            if step % settings.checkpoint_every == 0 and step < settings.max_steps and dist.is_main:
-                save_checkpoint(ckpt_dir, student, tokenizer, checkpoint_state())
-            if step >= settings.max_steps or (settings.run_steps and steps_this_call >= settings.run_steps):
-                break
-        if settings.run_steps and steps_this_call >= settings.run_steps and step < settings.max_steps:
-            break
-    bar.close()
-    wall = wall_before + (time.perf_counter() - start)
-    completed = step >= settings.max_steps
-    if not completed:  # interrupted on purpose (run_steps): leave a resumable checkpoint
+    # ------------------------------------------------------------------ after training
+    def finish(self) -> StageResult:
+        """A resumable checkpoint when stopped early; else the final evaluation, model and record."""
+        settings, dist, step = self.settings, self.dist, self.step
+        wall = self.wall_before + (time.perf_counter() - self.start)
+        rate = self.seen / wall if wall else 0.0
+        if step < settings.max_steps:  # interrupted on purpose (run_steps): leave a resumable checkpoint
+            if dist.is_main:
+                save_checkpoint(self.ckpt_dir, self.student, self.tokenizer, self.checkpoint_state())
+            dist.barrier()
+            return StageResult(settings.stage, step, self.final_dir, wall, rate, self.best, self.history, False)
+        self.evaluate()
+        dist.check_in_sync(self.student)
         if dist.is_main:
-            save_checkpoint(ckpt_dir, student, tokenizer, checkpoint_state())
+            if settings.stage == "prediction" and (self.stage_dir / "best").is_dir():
+                save_checkpoint(self.final_dir, SpikingBert.from_pretrained(self.stage_dir / "best"), self.tokenizer)
+            else:
+                save_checkpoint(self.final_dir, self.student, self.tokenizer)
+            save_checkpoint(self.ckpt_dir, self.student, self.tokenizer, self.checkpoint_state())
+            result = {"stage": settings.stage, "steps": step, "wall_s": wall, "sentences": self.seen,
+                      "world_size": dist.world_size, "sentences_per_s": self.seen / wall if wall else None,
+                      "best_dev": self.best, "history": self.history, "settings": asdict(settings)}
+            atomic_write_json(self.stage_dir / DONE_FILE, result)
         dist.barrier()
-        return StageResult(settings.stage, step, final_dir, wall, seen / wall if wall else 0.0, best, history, False)
-    evaluate()
-    dist.check_in_sync(student)
-    if dist.is_main:
-        if settings.stage == "prediction" and (stage_dir / "best").is_dir():
-            best_model = SpikingBert.from_pretrained(stage_dir / "best")
-            save_checkpoint(final_dir, best_model, tokenizer)
-        else:
-            save_checkpoint(final_dir, student, tokenizer)
-        save_checkpoint(ckpt_dir, student, tokenizer, checkpoint_state())
-        result = {"stage": settings.stage, "steps": step, "wall_s": wall, "sentences": seen,
-                  "world_size": dist.world_size,
-                  "sentences_per_s": seen / wall if wall else None, "best_dev": best, "history": history,
-                  "settings": asdict(settings)}
-        atomic_write_json(stage_dir / DONE_FILE, result)
-    dist.barrier()
-    return StageResult(settings.stage, step, final_dir, wall, seen / wall if wall else 0.0, best, history, True)
+        return StageResult(settings.stage, step, self.final_dir, wall, rate, self.best, self.history, True)
 
 
 def load_stage_result(stage_dir: Path) -> dict:

@@ -20,14 +20,17 @@ from pathlib import Path
 
 import torch
 
-from lava_spikingbert import SpikingBert, SpikingBertConfig
-from lava_spikingbert.config import stage_forward
-from lava_spikingbert.fileio import atomic_save_figure, atomic_write_json
+from lava_spikingbert.contract.atomic import atomic_save_figure, atomic_write_json
+from lava_spikingbert.model.config import SpikingBertConfig, stage_forward
+from lava_spikingbert.model.encoder import SpikingBert
+from training.batching import encode
 from training.common import init_distributed, refuse_other_settings, seed_all
-from training.data import encode, get_task, load_glue, plain_text_corpus
 from training.distill import (StageSettings, evaluate_student, init_student_from_teacher, load_stage_result,
                               run_stage, save_checkpoint, settings_differences, stage_done,
                               student_config_from_teacher)
+from training.readers import load_glue, plain_text_corpus
+from training.tasks import get_task
+from training.teacher import default_teacher_path, finetune_teacher, load_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +57,14 @@ BUDGETS = {
                    train_t_conv=4, eval_every=3, general_limit=64, teacher_limit=64, dev_limit=32,
                    eval_batch_size=8),
     # train_t_conv 16: with the default rate-ANN warm-up only the prediction stage simulates, and
-    # at T=16 it gave 82.1% against 80.5-81.0% at T=8 (session 8, docs/RESULTS.md). Stage 2 is
-    # long because its rate-ANN steps are cheap (0.55 s) and they pay: 700 -> 1500 steps raised T=16
-    # from 81.9% to 83.8% after the same stage 3; 1300 gives 83.3% (1000: 82.2%). The whole job took
-    # 52 min on a quiet host (session 11) and 61 min while the host stole 5-18% of the CPU (session 10)
+    # training it at the evaluation's T beat training at T=8. Stage 2 is the longest because its
+    # rate-ANN steps are cheap and more of them raised the final accuracy; the lengths are chosen
+    # so that the whole job fits in about an hour on 2 cores (measurements: docs/RESULTS.md)
     "default": Budget(teacher_epochs=1, general_steps=300, intermediate_steps=1300, prediction_steps=600,
                       train_t_conv=16, eval_every=200),
     # with the rate-ANN warm-up only the prediction stage simulates; it trains at the evaluation's
-    # T=16 (session 8: 82.1% against 81.0% at T=8) and gets the most steps of any budget, since the
-    # gap between the rate ANN and the spiking net at T=16 is what stage 3 closes (session 9)
+    # T=16 and gets the most steps of any budget, since the gap between the rate ANN and the
+    # spiking net at T=16 is what stage 3 closes (docs/RESULTS.md)
     "full": Budget(teacher_epochs=3, general_steps=1000, intermediate_steps=4000, prediction_steps=2400,
                    train_t_conv=16, eval_every=400),
 }
@@ -104,8 +106,6 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                  eval_t: tuple[int, ...] = EVAL_T, general_corpus: str | None = None, seed: int = 42,
                  weights: str = "fp32", train_forward: str = "rate_ann_warmup", neuron: str = "if_signed_pair",
                  progress: bool = True) -> dict:
-    from training.teacher import default_teacher_path, finetune_teacher, load_teacher
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dist = init_distributed()
     b = BUDGETS[budget] if isinstance(budget, str) else budget

@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import json
 import logging
 import math
 import os
@@ -31,20 +33,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+from transformers import AttentionInterface, AutoConfig, AutoTokenizer, BertForSequenceClassification
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from lava_spikingbert.fileio import atomic_directory, atomic_write_json, recover_directory
+from lava_spikingbert.contract.atomic import atomic_directory, atomic_write_json, recover_directory
+from lava_spikingbert.contract.errors import SpikingBertError
+from training.batching import EncodedDataset, encode, length_bucketed_batches
 from training.common import (improves, linear_schedule, make_optimizer, refuse_other_settings, rng_state, seed_all,
                              set_rng_state)
-from training.data import (
-    EncodedDataset,
-    Example,
-    TaskSpec,
-    compute_metrics,
-    encode,
-    get_task,
-    length_bucketed_batches,
-    load_glue,
-)
+from training.readers import Example, load_glue
+from training.tasks import TaskSpec, compute_metrics, get_task
 
 __all__ = [
     "SCORES_ATTN",
@@ -105,20 +104,16 @@ def _score_recording_attention(
 
 
 def register_score_attention() -> str:
-    """Register :data:`SCORES_ATTN` with transformers' attention and mask interfaces (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
+    """Register :data:`SCORES_ATTN` with transformers' attention and mask interfaces (idempotent;
+    done by ``load_teacher`` and ``use_score_attention`` before a model needs it)."""
     AttentionInterface.register(SCORES_ATTN, _score_recording_attention)
     AttentionMaskInterface.register(SCORES_ATTN, eager_mask)
     return SCORES_ATTN
 
 
-register_score_attention()
-
-
 def use_score_attention(model) -> None:
     """Switch ``model`` (in place) to the score-recording attention if it uses another one."""
+    register_score_attention()
     if getattr(model.config, "_attn_implementation", None) != SCORES_ATTN:
         model.set_attn_implementation(SCORES_ATTN)
 
@@ -158,8 +153,7 @@ def load_teacher(
     ``problem_type="regression"`` ``num_labels`` is 1; ``num_labels=None`` keeps the checkpoint's.
     The model is returned in eval mode.
     """
-    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
-
+    register_score_attention()
     if problem_type not in ("single_label_classification", "regression"):
         raise ValueError(f"problem_type must be 'single_label_classification' or 'regression', got {problem_type!r}")
     src = default_teacher_path() if path is None else path
@@ -258,8 +252,6 @@ def teacher_outputs(
 @torch.no_grad()
 def predict(model, encoded: EncodedDataset, batch_size: int = 128, progress: bool = False) -> np.ndarray:
     """Logits (N x num_labels) in the order of ``encoded`` (batches sorted by length)."""
-    from tqdm.auto import tqdm
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -314,9 +306,6 @@ def evaluate_teacher(
 
 def _examples_digest(examples) -> str:
     """SHA-256 of the examples' texts and labels, in order."""
-    import hashlib
-    import json
-
     h = hashlib.sha256()
     for ex in examples:
         h.update(json.dumps([ex.text_a, ex.text_b, ex.label]).encode())
@@ -385,8 +374,6 @@ def finetune_teacher(
     if < 1, else a step count. ``train_examples`` / ``eval_examples`` replace the GLUE files (custom
     data; pass a custom ``TaskSpec`` as ``task``). Returns the metrics dict written to the json.
     """
-    from tqdm.auto import tqdm
-
     if num_threads:
         torch.set_num_threads(num_threads)
     spec = get_task(task)
@@ -414,6 +401,37 @@ def finetune_teacher(
     if eval_examples is not None:
         eval_examples = list(eval_examples)
         hparams["eval_data_sha256"] = _examples_digest(eval_examples)
+    state = _state_to_resume(out_dir, hparams, resume, overwrite)
+    if state is not None and state.get("completed"):
+        logger.info("%s: training already completed; nothing to resume", out_dir)
+        return state["summary"]
+
+    t_load = time.perf_counter()
+    train_ex = list(train_examples) if train_examples is not None else load_glue(spec, "train", glue_dir, limit_train)
+    dev_ex = list(eval_examples) if eval_examples is not None else load_glue(spec, "dev", glue_dir, limit_eval)
+    if not train_ex or not dev_ex:
+        raise SpikingBertError(f"empty data: {len(train_ex)} training and {len(dev_ex)} dev examples")
+    seed_all(seed)
+    model, tokenizer = load_teacher(teacher_path, num_labels=spec.num_labels, problem_type=spec.problem_type,
+                                    allow_download=allow_download, attn_implementation="sdpa")
+    if spec.labels is not None:
+        model.config.id2label = {i: lab for i, lab in enumerate(spec.labels)}
+        model.config.label2id = {lab: i for i, lab in enumerate(spec.labels)}
+    enc_train = encode(train_ex, tokenizer, max_length)
+    enc_dev = encode(dev_ex, tokenizer, max_length)
+    logger.info("fine-tuning %s on %s: %d train / %d dev examples (data ready in %.1fs)", hparams["teacher_path"],
+                spec.name, len(enc_train), len(enc_dev), time.perf_counter() - t_load)
+    run = TeacherRun(spec, out_dir, hparams, model, tokenizer, enc_train, enc_dev, eval_batch_size=eval_batch_size,
+                     progress=progress)
+    if state is not None:
+        run.resume(state)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stopped = run.train(eval_every=eval_every, save_state_every=save_state_every, stop_after_steps=stop_after_steps)
+    return run.finish(completed=not stopped)
+
+
+def _state_to_resume(out_dir: Path, hparams: dict, resume: bool, overwrite: bool) -> dict | None:
+    """The saved training state to continue (same settings only), or None to start afresh."""
     state = _load_state(out_dir)
     if state is not None and not resume:
         if not overwrite:
@@ -428,118 +446,100 @@ def finetune_teacher(
     if state is not None:
         refuse_other_settings({k: (state["hparams"].get(k), v) for k, v in hparams.items()
                                if state["hparams"].get(k) != v}, f"cannot resume {out_dir}: settings differ")
-        if state.get("completed"):
-            logger.info("%s: training already completed; nothing to resume", out_dir)
-            return state["summary"]
     elif resume:
         logger.info("%s: no training state to resume; starting from scratch", out_dir)
+    return state
 
-    # ---- data
-    t_load = time.perf_counter()
-    train_ex = list(train_examples) if train_examples is not None else load_glue(spec, "train", glue_dir, limit_train)
-    dev_ex = list(eval_examples) if eval_examples is not None else load_glue(spec, "dev", glue_dir, limit_eval)
-    if not train_ex or not dev_ex:
-        raise ValueError(f"empty data: {len(train_ex)} training and {len(dev_ex)} dev examples")
 
-    # ---- model
-    seed_all(seed)
-    model, tokenizer = load_teacher(
-        teacher_path,
-        num_labels=spec.num_labels,
-        problem_type=spec.problem_type,
-        allow_download=allow_download,
-        attn_implementation="sdpa",
-    )
-    if spec.labels is not None:
-        model.config.id2label = {i: lab for i, lab in enumerate(spec.labels)}
-        model.config.label2id = {lab: i for i, lab in enumerate(spec.labels)}
-    enc_train = encode(train_ex, tokenizer, max_length)
-    enc_dev = encode(dev_ex, tokenizer, max_length)
-    logger.info(
-        "fine-tuning %s on %s: %d train / %d dev examples (data ready in %.1fs)",
-        hparams["teacher_path"],
-        spec.name,
-        len(enc_train),
-        len(enc_dev),
-        time.perf_counter() - t_load,
-    )
+class TeacherRun:
+    """The fine-tuning of one teacher in named steps: optimizer and schedule, resume, the epoch
+    loop with dev evaluations (the best model is kept), saved states, the final summary.
 
-    steps_per_epoch = len(length_bucketed_batches(enc_train, batch_size, True, seed=seed, epoch=0))
-    total_steps = max(1, math.ceil(steps_per_epoch * epochs))  # fractional epochs stop mid-epoch
-    warmup_steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
-    optimizer = make_optimizer(model, lr, weight_decay)
-    scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
+    ``self.run`` holds the counters a saved state carries (step, epoch, best, history, times)."""
 
-    run = {
-        "global_step": 0,
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "best": None,  # dict(value, epoch, step, metrics, eval)
-        "history": [],
-        "train_time_s": 0.0,
-        "eval_time_s": 0.0,
-        "sentences_seen": 0,
-        "resumed": 0,
-    }
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    def __init__(self, spec: TaskSpec, out_dir: Path, hparams: dict, model, tokenizer, enc_train: EncodedDataset,
+                 enc_dev: EncodedDataset, *, eval_batch_size: int, progress: bool):
+        self.spec, self.out_dir, self.hparams = spec, out_dir, hparams
+        self.model, self.tokenizer, self.enc_train, self.enc_dev = model, tokenizer, enc_train, enc_dev
+        self.eval_batch_size, self.progress = eval_batch_size, progress
+        self.epochs, self.batch_size, self.seed = hparams["epochs"], hparams["batch_size"], hparams["seed"]
+        self.steps_per_epoch = len(length_bucketed_batches(enc_train, self.batch_size, True, seed=self.seed, epoch=0))
+        self.total_steps = max(1, math.ceil(self.steps_per_epoch * self.epochs))  # fractional epochs stop mid-epoch
+        warmup = hparams["warmup"]
+        warmup_steps = int(round(warmup * self.total_steps)) if warmup < 1 else int(warmup)
+        self.optimizer = make_optimizer(model, hparams["lr"], hparams["weight_decay"])
+        self.scheduler = linear_schedule(self.optimizer, warmup_steps, self.total_steps)
+        self.run = {
+            "global_step": 0,
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "best": None,  # dict(value, epoch, step, metrics, eval)
+            "history": [],
+            "train_time_s": 0.0,
+            "eval_time_s": 0.0,
+            "sentences_seen": 0,
+            "resumed": 0,
+        }
+
+    def resume(self, state: dict) -> None:
+        run = self.run
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         run.update(state["run"])
         run["resumed"] += 1
         set_rng_state(state["rng"])
-        logger.info("resumed %s at global step %d (epoch %d, step %d)", out_dir, run["global_step"], run["epoch"], run["step_in_epoch"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("resumed %s at global step %d (epoch %d, step %d)", self.out_dir, run["global_step"],
+                    run["epoch"], run["step_in_epoch"])
 
-    def summary(completed: bool) -> dict:
+    def summary(self, completed: bool) -> dict:
+        run, spec = self.run, self.spec
         best = run["best"] or {}
         train_s = run["train_time_s"]
         return {
             "task": spec.name,
-            "teacher_path": hparams["teacher_path"],
-            "out_dir": str(out_dir),
+            "teacher_path": self.hparams["teacher_path"],
+            "out_dir": str(self.out_dir),
             "main_metric": spec.main_metric,
             "dev": best.get("metrics"),
             "best_epoch": best.get("epoch"),
             "best_step": best.get("step"),
-            "dev_n": len(enc_dev),
+            "dev_n": len(self.enc_dev),
             "dev_eval_sentences_per_s": best.get("sentences_per_s"),
-            "train_n": len(enc_train),
-            "epochs_done": run["global_step"] / steps_per_epoch,
+            "train_n": len(self.enc_train),
+            "epochs_done": run["global_step"] / self.steps_per_epoch,
             "global_step": run["global_step"],
-            "total_steps": total_steps,
+            "total_steps": self.total_steps,
             "completed": completed,
             "train_wall_s": train_s,
             "eval_wall_s": run["eval_time_s"],
             "wall_s": train_s + run["eval_time_s"],
             "train_sentences_per_s": run["sentences_seen"] / train_s if train_s > 0 else None,
             "torch_threads": torch.get_num_threads(),
-            "hparams": hparams,
+            "hparams": self.hparams,
             "history": run["history"],
         }
 
-    def save_state(completed: bool = False) -> None:
-        _save_state(
-            out_dir,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "run": dict(run),
-                "rng": rng_state(),
-                "hparams": hparams,
-                "completed": completed,
-                "summary": summary(completed),
-            },
-        )
+    def save_state(self, completed: bool = False) -> None:
+        _save_state(self.out_dir, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "run": dict(self.run),
+            "rng": rng_state(),
+            "hparams": self.hparams,
+            "completed": completed,
+            "summary": self.summary(completed),
+        })
 
-    def evaluate() -> None:
-        res = _evaluate_encoded(model, spec, enc_dev, eval_batch_size, progress=False)
+    def evaluate(self) -> None:
+        """Dev metrics now; a better main metric replaces the model kept in ``out_dir``."""
+        run, spec = self.run, self.spec
+        res = _evaluate_encoded(self.model, spec, self.enc_dev, self.eval_batch_size, progress=False)
         run["eval_time_s"] += res["wall_s"]
         value = res["metrics"][spec.main_metric]
-        epoch_f = run["global_step"] / steps_per_epoch
-        entry = {"step": run["global_step"], "epoch": round(epoch_f, 4), **res["metrics"]}
-        run["history"].append(entry)
+        epoch_f = run["global_step"] / self.steps_per_epoch
+        run["history"].append({"step": run["global_step"], "epoch": round(epoch_f, 4), **res["metrics"]})
         improved = improves(value, run["best"]["value"] if run["best"] is not None else None)
         if improved:
             run["best"] = {
@@ -549,88 +549,85 @@ def finetune_teacher(
                 "metrics": res["metrics"],
                 "sentences_per_s": res["sentences_per_s"],
             }
-            _save_hf_atomic(model, tokenizer, out_dir)
-        atomic_write_json(out_dir / METRICS_FILE, summary(False))
+            _save_hf_atomic(self.model, self.tokenizer, self.out_dir)
+        atomic_write_json(self.out_dir / METRICS_FILE, self.summary(False))
         msg = f"step {run['global_step']} (epoch {epoch_f:.2f}): dev " + ", ".join(
             f"{k}={v:.4f}" for k, v in res["metrics"].items()
         )
         msg += " *best*" if improved else f" (best {spec.main_metric}={run['best']['value']:.4f})"
         logger.info(msg)
-        if progress:
+        if self.progress:
             tqdm.write(msg, file=sys.stderr)
 
-    # ---- training loop
-    model.train()
-    tty = sys.stderr.isatty()
-    stopped = False
-    last_eval_step = run["history"][-1]["step"] if run["history"] else -1
-    for epoch in range(run["epoch"], math.ceil(epochs)):
-        plan = length_bucketed_batches(enc_train, batch_size, True, seed=seed, epoch=epoch)
-        skip = run["step_in_epoch"] if epoch == run["epoch"] else 0
-        run["epoch"], run["step_in_epoch"] = epoch, skip
-        bar = tqdm(
-            total=len(plan),
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{math.ceil(epochs)}",
-            disable=not progress,
-            mininterval=0.5 if tty else 30.0,
-            dynamic_ncols=True,
-        )
-        running = None
-        for i, idx in enumerate(plan.batch_indices()):
-            if i < skip:
-                continue
-            t0 = time.perf_counter()
-            batch = plan.collate(idx)
-            outputs = model(**{k: batch[k] for k in _MODEL_INPUTS}, labels=batch["labels"])
-            loss = outputs.loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            scheduler.step()
-            run["train_time_s"] += time.perf_counter() - t0
-            run["sentences_seen"] += len(idx)
-            run["global_step"] += 1
-            run["step_in_epoch"] = i + 1
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            bar.update(1)
-            if run["global_step"] % 20 == 0:
-                bar.set_postfix(loss=f"{running:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-            if eval_every and run["global_step"] % eval_every == 0:
-                evaluate()
+    def _train_step(self, batch: dict) -> float:
+        grad_clip = self.hparams["grad_clip"]
+        outputs = self.model(**{k: batch[k] for k in _MODEL_INPUTS}, labels=batch["labels"])
+        loss = outputs.loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
+    def train(self, *, eval_every: int | None, save_state_every: int | None, stop_after_steps: int | None) -> bool:
+        """The epoch loop (continuing a resumed epoch mid-way); True if stopped by ``stop_after_steps``."""
+        run, model = self.run, self.model
+        model.train()
+        tty = sys.stderr.isatty()
+        last_eval_step = run["history"][-1]["step"] if run["history"] else -1
+        n_epochs = math.ceil(self.epochs)
+        for epoch in range(run["epoch"], n_epochs):
+            plan = length_bucketed_batches(self.enc_train, self.batch_size, True, seed=self.seed, epoch=epoch)
+            skip = run["step_in_epoch"] if epoch == run["epoch"] else 0
+            run["epoch"], run["step_in_epoch"] = epoch, skip
+            bar = tqdm(total=len(plan), initial=skip, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not self.progress,
+                       mininterval=0.5 if tty else 30.0, dynamic_ncols=True)
+            running = None
+            for i, idx in enumerate(plan.batch_indices()):
+                if i < skip:
+                    continue
+                t0 = time.perf_counter()
+                loss = self._train_step(plan.collate(idx))
+                run["train_time_s"] += time.perf_counter() - t0
+                run["sentences_seen"] += len(idx)
+                run["global_step"] += 1
+                run["step_in_epoch"] = i + 1
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+                bar.update(1)
+                if run["global_step"] % 20 == 0:
+                    bar.set_postfix(loss=f"{running:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                if eval_every and run["global_step"] % eval_every == 0:
+                    self.evaluate()
+                    last_eval_step = run["global_step"]
+                    model.train()
+                if stop_after_steps is not None and run["global_step"] >= stop_after_steps:
+                    bar.close()
+                    return True
+                if run["global_step"] >= self.total_steps:
+                    break
+                if save_state_every and run["global_step"] % save_state_every == 0:
+                    self.save_state()
+            bar.close()
+            if last_eval_step != run["global_step"]:
+                self.evaluate()
                 last_eval_step = run["global_step"]
                 model.train()
-            if stop_after_steps is not None and run["global_step"] >= stop_after_steps:
-                stopped = True
-                break
-            if run["global_step"] >= total_steps:
-                break
-            if save_state_every and run["global_step"] % save_state_every == 0:
-                save_state()
-        bar.close()
-        if stopped:
-            break
-        if last_eval_step != run["global_step"]:
-            evaluate()
-            last_eval_step = run["global_step"]
-            model.train()
-        run["epoch"], run["step_in_epoch"] = epoch + 1, 0
-        save_state()
-    completed = not stopped
-    save_state(completed=completed)
-    result = summary(completed)
-    atomic_write_json(out_dir / METRICS_FILE, result)
-    if completed:
-        logger.info(
-            "done: best dev %s=%.4f at epoch %s; train %.0fs (%.1f sentences/s)",
-            spec.main_metric,
-            run["best"]["value"],
-            run["best"]["epoch"],
-            run["train_time_s"],
-            result["train_sentences_per_s"] or 0.0,
-        )
-    else:
-        logger.info("stopped after global step %d; resume with resume=True", run["global_step"])
-    return result
+            run["epoch"], run["step_in_epoch"] = epoch + 1, 0
+            self.save_state()
+        return False
+
+    def finish(self, completed: bool) -> dict:
+        """The last saved state and the summary (written to ``teacher_metrics.json`` and returned)."""
+        run = self.run
+        self.save_state(completed=completed)
+        result = self.summary(completed)
+        atomic_write_json(self.out_dir / METRICS_FILE, result)
+        if completed:
+            logger.info("done: best dev %s=%.4f at epoch %s; train %.0fs (%.1f sentences/s)", self.spec.main_metric,
+                        run["best"]["value"], run["best"]["epoch"], run["train_time_s"],
+                        result["train_sentences_per_s"] or 0.0)
+        else:
+            logger.info("stopped after global step %d; resume with resume=True", run["global_step"])
+        return result

@@ -1,21 +1,18 @@
-"""SpikingBERT on Intel Lava (lava-nc): processes, graph builder and runner.
+"""The Lava runtime: runs a model file on Intel Lava (lava-nc). Imports the contract, Lava and
+numpy; never torch (``sim_tests/lava/test_torch_free.py`` runs an evaluation with torch blocked).
 
-Nothing in this package imports torch (the parent package ``lava_spikingbert`` does, to re-export
-the torch model). Layout:
-
-* ``params``   -- :class:`LavaModelParams`, the plain-numpy parameter bundle the graph is built from
-  (from a torch model via :func:`params.params_from_model`, later from the HDF5 model file);
+* ``params``   -- :class:`LavaModelParams`, the plain-numpy parameter bundle the graph is built
+  from (``params_from_file``: a model file's float weights);
+* ``fixed``    -- the fixed_pt graph's integer parameters from a quantized model file;
 * ``kernels``  -- numpy float32 kernels of the synapses and current blocks (linear, attention,
   LayerNorm, GELU, delay lines), called by the ProcessModels;
 * ``counts``   -- per-window spike counting and packing of the counts into few float64 words;
-* ``depths``   -- depth of every population and the delay lines that align paths of different depth;
 * ``procs/``   -- Lava Processes and ProcessModels only (Lava's compiler executes every module in
   that folder when it looks for models, so nothing else lives there);
 * ``builder``  -- builds the pipelined network for a batch of windows;
 * ``packing``  -- packs several sentences side by side into one window;
 * ``runner``   -- runs it (``Loihi2SimCfg``), always cleans up, reads counts, computes logits;
-  ``run_dataset`` for many sentences;
-* ``bench``    -- simulator speed benchmark on random parameters.
+* ``schedule`` -- tokenizes with the file's tokenizer and plans the runs of many sentences.
 
 Import the submodules directly (``from lava_spikingbert.lava.runner import run_batch``); this
 ``__init__`` stays empty so that importing a Process does not pull in the builder.

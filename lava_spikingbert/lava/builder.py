@@ -2,7 +2,7 @@
 
 The graph (``EmbeddingSource -> embed -> SpikingEncoderLayer x N``) processes all sentences of the
 batch in one run, *pipelined*: sentence k occupies window ``k*T + d_p + [0, T)`` of a population
-at depth ``d_p`` (``lava_spikingbert.lava.depths``), and every population resets itself at the
+at depth ``d_p`` (``lava_spikingbert.contract.depths``), and every population resets itself at the
 start of each of its windows. Because every input of a population at depth d comes from depth
 d-1 (aligned by delay lines), consecutive windows need no padding between sentences: a run of N
 sentences takes ``N*T + max_depth`` steps, and each population's count over its own windows equals
@@ -12,7 +12,7 @@ and never reaches another population's window.
 
 All windows share one length L: either one sentence per window (padded, each with its own key
 mask) or several sentences packed side by side with a block-diagonal query x key mask
-(``packing.pack_sentences``; ``runner.run_dataset`` does either for a whole data set).
+(``packing.pack_sentences``; ``schedule.plan_runs`` does either for a whole data set).
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lava_spikingbert.contract.constants import EMBED, LAYER_POPULATIONS, output_population, population_names
+from lava_spikingbert.contract.depths import layer_plans, population_depths
 from lava_spikingbert.lava.counts import CountLayout, check_record_index, resolve_tokens
-from lava_spikingbert.lava.depths import LAYER_POPULATIONS, layer_plans, population_depths
+from lava_spikingbert.lava.lava_import import import_lava_runtime
 from lava_spikingbert.lava.params import LavaModelParams, attention_mask_bias
 
 RecordSpec = ty.Union[str, ty.Mapping[str, ty.Any]]
-
-
-def population_names(num_layers: int) -> list[str]:
-    """Same names and order as ``lava_spikingbert.encoder.population_names``."""
-    return ["embed"] + [f"layer{i}.{p}" for i in range(num_layers) for p in LAYER_POPULATIONS]
 
 
 def resolve_record(record: RecordSpec, num_layers: int, length: int,
@@ -53,7 +50,7 @@ def resolve_record(record: RecordSpec, num_layers: int, length: int,
         elif record == "cls":
             spec = {}
         elif record == "hidden":
-            spec = {n: "all" for n in names if n == "embed" or n.endswith(".output")}
+            spec = {n: "all" for n in names if n == EMBED or n.endswith(".output")}
         else:
             raise ValueError(f"record must be 'all', 'cls', 'hidden' or a mapping, got {record!r}")
     else:
@@ -110,7 +107,7 @@ class LavaNetwork:
 
     @property
     def output_name(self) -> str:
-        return f"layer{self.params.num_hidden_layers - 1}.output"
+        return output_population(self.params.num_hidden_layers)
 
     def recorded(self) -> list[str]:
         return [n for n, lay in self.layouts.items() if lay.recording]
@@ -128,7 +125,9 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
     GELU); ``neuron_impl``: "ifneuron" (our IFNeuron, both neuron kinds) or "lava_lif" (Lava's stock
     ``LIFReset`` + ``SpikeCounter``; only for ``neuron == "lif_reset_zero"``).
     """
-    # imported here so that importing this module does not import Lava's process machinery
+    # imported when a graph is built: importing Lava fixes the multiprocessing start method (see
+    # lava_import), and planning runs or reading counts must not do that
+    import_lava_runtime()
     from lava_spikingbert.lava.procs.embedding_source import EmbeddingSource
     from lava_spikingbert.lava.procs.encoder_layer import NEURON_IMPLS, SpikingEncoderLayer
     from lava_spikingbert.lava.procs.ifneuron import IFNeuron
@@ -151,7 +150,7 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
                          f"{(n_samples, n_tokens, n_tokens)} (query x key mask)")
     if mask.ndim == 2 and params.max_length is not None and n_tokens > params.max_length:
         raise ValueError(f"{n_tokens} tokens exceed the model's max_length {params.max_length}")
-    mask_bias = attention_mask_bias(mask)
+    mask_bias = attention_mask_bias(mask, params.mask_negative)
     T = int(params.t_conv if t_steps is None else t_steps)
     if T <= 0:
         raise ValueError(f"t_steps must be positive, got {T}")
@@ -171,26 +170,26 @@ def build_network(params: LavaModelParams, emb_current: np.ndarray, attention_ma
     depths = population_depths(n_layers, block_latency)
 
     source = EmbeddingSource(data=emb, interval=T, name="embedding_source")
-    embed_index = indices.get("embed")
-    embed_tokens = tuple(range(embed_index.shape[1])) if embed_index is not None else rec["embed"]
+    embed_index = indices.get(EMBED)
+    embed_tokens = tuple(range(embed_index.shape[1])) if embed_index is not None else rec[EMBED]
     if neuron_impl == "ifneuron":
         embed = IFNeuron(shape=(n_tokens, h), vth=fixed["vth_mant"] if fixed else params.vth, kind=params.neuron,
                          reset_interval=T,
-                         reset_offset=depths["embed"], n_samples=n_samples, record_tokens=embed_tokens,
-                         record_index=embed_index, name="embed")
-        count_vars = {"embed": embed.counts}
+                         reset_offset=depths[EMBED], n_samples=n_samples, record_tokens=embed_tokens,
+                         record_index=embed_index, name=EMBED)
+        count_vars = {EMBED: embed.counts}
         embed_layout = embed.count_layout
     else:
         from lava.proc.lif.process import LIFReset
         embed = LIFReset(shape=(n_tokens, h), du=1.0, dv=0.0, vth=params.vth, bias_mant=0.0, reset_interval=T,
-                         reset_offset=(depths["embed"] + 1) % T, name="embed")
-        counter = SpikeCounter(shape=(n_tokens, h), interval=T, offset=depths["embed"], n_samples=n_samples,
+                         reset_offset=(depths[EMBED] + 1) % T, name=EMBED)
+        counter = SpikeCounter(shape=(n_tokens, h), interval=T, offset=depths[EMBED], n_samples=n_samples,
                                record_tokens=embed_tokens, record_index=embed_index, name="embed.counter")
         embed.s_out.connect(counter.s_in)
-        count_vars = {"embed": counter.counts}
+        count_vars = {EMBED: counter.counts}
         embed_layout = counter.count_layout
     source.a_out.connect(embed.a_in)
-    layouts = {"embed": embed_layout}
+    layouts = {EMBED: embed_layout}
 
     layers = []
     x = embed.s_out

@@ -1,11 +1,10 @@
 """Per-sample spike counts, packed so that the host reads them with few ``Var.get`` elements.
 
-Lava 0.10's ``Var.get`` sends one float64 per message (~50 us per element), so a population's
-count history (samples x tokens x width) is stored *packed*: each count needs
-``bits = max_count.bit_length()`` bits (the counts of a window of ``T`` steps are <= T), and
-``52 // bits`` of them share one float64 word (integers below 2**53 are exact). With T=16 that
-is 10 counts per word: reading 872 sentences x 384 [CLS] counts costs ~34k elements (~1.7 s)
-instead of 335k (~17 s).
+Lava 0.10's ``Var.get`` sends one float64 per message, so its cost grows with the number of
+elements read, and a population's count history (samples x tokens x width) is stored *packed*:
+each count needs ``bits = max_count.bit_length()`` bits (the counts of a window of ``T`` steps
+are <= T), and ``52 // bits`` of them share one float64 word (integers below 2**53 are exact).
+With T=16 that is 10 counts per word, a tenth of the elements to read.
 
 Pure numpy, used both inside the ProcessModels (``pack``) and on the host (``unpack``).
 """

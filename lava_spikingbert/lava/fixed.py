@@ -1,5 +1,5 @@
 """Fixed-point (``fixed_pt``) parameters of the Lava graph, built from a quantized model file
-(``hw_export.schema.ModelFile``, integer view) without torch.
+(``lava_spikingbert.contract.model_file.ModelFile``, integer view) without torch.
 
 The semantics are docs/fixed_point.md (reference ``hw_export.fixed_point.FixedPointModel``):
 
@@ -19,9 +19,11 @@ fixed_pt graph from it.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import erf
 
-BLOCK_OUT_MAX = 2 ** 17 - 1
-LINEARS = ("query", "key", "value", "attn_out", "intermediate", "output")
+from lava_spikingbert.contract.constants import BLOCK_OUT_MAX, LAYER_SYNAPSES
+from lava_spikingbert.contract.model_file import ModelFile, ModelFileError
+from lava_spikingbert.lava.params import LavaModelParams, LinearParams, params_from_file
 
 
 def to_grid(current: np.ndarray, lam: float) -> np.ndarray:
@@ -36,8 +38,6 @@ def layer_norm64(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float)
 
 
 def gelu64(z: np.ndarray) -> np.ndarray:
-    from scipy.special import erf
-
     return 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))
 
 
@@ -48,19 +48,15 @@ def wrap24(x: np.ndarray) -> np.ndarray:
     return np.where(w <= -m, x + 2 * m, w)
 
 
-def fixed_params(mf):
+def fixed_params(mf: ModelFile) -> LavaModelParams:
     """Quantized ``ModelFile`` -> ``LavaModelParams`` (mantissa weights) with ``extra["fixed"]``."""
-    from hw_export.schema import ModelFileError  # h5py + numpy only
-
-    from lava_spikingbert.lava.params import LinearParams
-
     iv = mf.integer_view()  # raises ModelFileError for fp32 files
-    params = mf.to_lava_params()
+    params = params_from_file(mf)
     if int(iv.vth_mant) << 6 >= 2 ** 23:
         raise ModelFileError(f"{mf.path or 'model file'}: vth_mant {iv.vth_mant} out of the 17-bit range")
     syn = {}
     for i, layer in enumerate(params.layers):
-        for name in LINEARS:
+        for name in LAYER_SYNAPSES:
             s = iv.synapses[f"layer{i}.{name}"]
             setattr(layer, name, LinearParams(np.asarray(s.weight_mant), s.bias))
             entry = {"weight_exp": int(s.weight_exp), "target_kind": s.target_kind}
@@ -70,9 +66,8 @@ def fixed_params(mf):
                 entry.update(bias_mant=np.asarray(s.bias_mant, np.int64), bias_exp=int(s.bias_exp))
             syn[f"layer{i}.{name}"] = entry
     score_scale = {i: float(mf.blocks[f"layer{i}.attention"].attrs["score_scale"]) for i in range(mf.num_layers)}
-    mask_negative = float(mf.blocks["layer0.attention"].attrs.get("mask_negative", -10000.0))
     params.extra["fixed"] = {"lam": float(iv.current_unit), "vth_mant": int(iv.vth_mant), "synapses": syn,
-                             "score_scale": score_scale, "mask_negative": mask_negative}
+                             "score_scale": score_scale}
     return params
 
 

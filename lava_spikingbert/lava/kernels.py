@@ -1,6 +1,6 @@
 """Numpy kernels of the synapses and current blocks (float32), shared by ProcessModels and host.
 
-Each mirrors one operation of ``lava_spikingbert.encoder`` (the source of truth); they follow
+Each mirrors one operation of ``lava_spikingbert.model.encoder`` (the source of truth); they follow
 torch's float32 order of operations where that is cheap, but are not bit-identical to torch's CPU
 kernels (BLAS summation order, exp/erf implementations differ in the last bit).
 

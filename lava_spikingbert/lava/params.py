@@ -2,12 +2,13 @@
 
 :class:`LavaModelParams` holds the configuration fields the graph needs and, per encoder layer,
 the synapses (``W`` as ``(out, in)`` arrays and ``b``) and LayerNorm parameters, plus the
-classifier. The embedding tables are optional: the Lava graph receives the embedding *current*
-``E`` (L x H per sentence) as input data, computed outside the graph (by the torch model, or
-torch-free by :meth:`EmbeddingParams.current`).
+classifier and the attention-mask value. The embedding tables are optional: the Lava graph
+receives the embedding *current* ``E`` (L x H per sentence) as input data, computed outside the
+graph (torch-free by :meth:`EmbeddingParams.current`).
 
-Producers: :func:`params_from_model` (a torch ``SpikingBert``, duck-typed so this module never
-imports torch) and, later, the HDF5 model-file reader, which must produce the same dataclass.
+Producer on the run path: :func:`params_from_file` (a model file's float weights; the fixed_pt
+graph's integer parameters come from ``fixed.fixed_params``). The parity tooling builds the same
+bundle from a torch model (``lava_spikingbert.parity.params_from_model``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from lava_spikingbert.config import NEURON_KINDS
+from lava_spikingbert.contract.constants import MASK_NEGATIVE, NEURON_KINDS
+from lava_spikingbert.contract.model_file import ModelFile
 from lava_spikingbert.lava import kernels
 
-# Mirrors lava_spikingbert.encoder.MASK_NEGATIVE (additive attention mask of padded keys);
-# a test checks the two agree (this module may not import the torch encoder).
-MASK_NEGATIVE = -10000.0
-LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
-LAYER_LINEARS = ("query", "key", "value", "attn_out", "intermediate", "output")
 LAYER_NORMS = ("attn_norm", "output_norm")
 
 
@@ -76,7 +73,7 @@ class NormParams:
 
 @dataclass
 class LayerParams:
-    """One spiking encoder layer (see ``lava_spikingbert.encoder.SpikingEncoderLayer``)."""
+    """One spiking encoder layer (see ``lava_spikingbert.model.encoder.SpikingEncoderLayer``)."""
 
     query: LinearParams
     key: LinearParams
@@ -132,6 +129,7 @@ class LavaModelParams:
     problem_type: str = "classification"
     max_length: int | None = None
     embeddings: EmbeddingParams | None = None
+    mask_negative: float = MASK_NEGATIVE  # additive attention bias of a masked key (the model file's value)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,45 +176,44 @@ class LavaModelParams:
         return self.classifier(cls_asr)
 
 
-def params_from_model(model) -> LavaModelParams:
-    """Convert a torch ``SpikingBert`` (duck-typed; torch is not imported here) to numpy params.
+def params_from_file(mf: ModelFile) -> LavaModelParams:
+    """The float parameters of a model file (quantized weights as their float values)."""
+    cfg = mf.config
 
-    Synapses are taken through ``synaptic_weight()``, i.e. after the model's weight quantizer.
-    """
-    cfg = model.config
-    if getattr(model, "feedback", None) is not None:
-        raise NotImplementedError("the Lava graph has no last-output -> embed feedback edge (config.feedback)")
+    def lin(name: str) -> LinearParams:
+        c = mf.connections[name]
+        return LinearParams(c.weight, c.bias)
 
-    def arr(t) -> np.ndarray:
-        return t.detach().cpu().float().numpy()
+    def norm(name: str) -> NormParams:
+        b = mf.blocks[name]
+        return NormParams(b.arrays["gamma"], b.arrays["beta"])
 
-    def lin(m) -> LinearParams:
-        w = m.synaptic_weight() if hasattr(m, "synaptic_weight") else m.weight
-        return LinearParams(arr(w), None if m.bias is None else arr(m.bias))
-
-    def norm(m) -> NormParams:
-        return NormParams(arr(m.weight), arr(m.bias))
-
-    layers = [LayerParams(query=lin(l.query), key=lin(l.key), value=lin(l.value), attn_out=lin(l.attn_out),
-                          attn_norm=norm(l.attn_norm), intermediate=lin(l.intermediate), output=lin(l.output),
-                          output_norm=norm(l.output_norm)) for l in model.layers]
-    e = model.embeddings
-    emb = EmbeddingParams(word=arr(e.word_embeddings.weight), position=arr(e.position_embeddings.weight),
-                          token_type=arr(e.token_type_embeddings.weight), norm=norm(e.LayerNorm))
+    layers = []
+    for i in range(mf.num_layers):
+        p = f"layer{i}."
+        layers.append(LayerParams(query=lin(p + "query"), key=lin(p + "key"), value=lin(p + "value"),
+                                  attn_out=lin(p + "attn_out"), attn_norm=norm(p + "attn_norm"),
+                                  intermediate=lin(p + "intermediate"), output=lin(p + "output"),
+                                  output_norm=norm(p + "output_norm")))
+    e = mf.embeddings
+    emb = EmbeddingParams(word=e["word"], position=e["position"], token_type=e["token_type"],
+                          norm=NormParams(e["gamma"], e["beta"]))
     return LavaModelParams(
-        hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
-        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers, vth=float(cfg.vth),
-        neuron=cfg.neuron, t_conv=cfg.t_conv, layer_norm_eps=float(cfg.layer_norm_eps), layers=layers,
-        classifier=lin(model.classifier), num_labels=cfg.num_labels, problem_type=cfg.problem_type,
-        max_length=cfg.max_length, embeddings=emb)
+        hidden_size=int(cfg["hidden_size"]), num_attention_heads=int(cfg["num_attention_heads"]),
+        intermediate_size=int(cfg["intermediate_size"]), num_hidden_layers=int(cfg["num_hidden_layers"]),
+        vth=float(cfg["vth"]), neuron=str(cfg["neuron"]), t_conv=int(cfg["t_conv"]),
+        layer_norm_eps=float(cfg["layer_norm_eps"]), layers=layers,
+        classifier=LinearParams(mf.classifier_weight, mf.classifier_bias),
+        num_labels=int(cfg["num_labels"]), problem_type=str(cfg["problem_type"]),
+        max_length=int(cfg["max_length"]), embeddings=emb, mask_negative=mf.mask_negative)
 
 
-def attention_mask_bias(attention_mask: np.ndarray) -> np.ndarray:
-    """0/1 mask -> float32 additive bias ``(1 - m) * MASK_NEGATIVE``, as the torch model's
+def attention_mask_bias(attention_mask: np.ndarray, mask_negative: float = MASK_NEGATIVE) -> np.ndarray:
+    """0/1 mask -> float32 additive bias ``(1 - m) * mask_negative``, as the torch model's
     ``mask_bias``: (B, L) key masks, or (B, L, L) query x key masks (packed sentences)."""
     m = np.asarray(attention_mask)
     if m.ndim not in (2, 3) or (m.ndim == 3 and m.shape[1] != m.shape[2]):
         raise ValueError(f"attention_mask must be (batch, length) or (batch, length, length), got shape {m.shape}")
     if not np.isin(m, (0, 1)).all():
         raise ValueError("attention_mask must hold only 0 and 1")
-    return ((1.0 - m.astype(np.float32)) * np.float32(MASK_NEGATIVE)).astype(np.float32)
+    return ((1.0 - m.astype(np.float32)) * np.float32(mask_negative)).astype(np.float32)

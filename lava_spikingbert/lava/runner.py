@@ -4,8 +4,12 @@
 ``Loihi2SimCfg(select_tag="floating_pt", select_sub_proc_model=True)`` (models pre-selected through
 ``exception_proc_model_map``, see ``model_map``), runs ``N*T + max_depth`` steps in one run, reads
 each recorded population's packed count history with ONE ``Var.get`` and computes the logits on
-the host from the last output population's [CLS] ASR. ``run_dataset`` classifies many sentences
-with few runs (sentences packed side by side into windows, or bucketed by length).
+the host from the last output population's [CLS] ASR. ``schedule.plan_runs`` groups many sentences
+into few such runs.
+
+Lava is imported inside the functions that run it (``import_lava_runtime`` first): importing Lava
+fixes the multiprocessing start method, which must happen on Lava's terms in every process,
+including spawned workers.
 
 Cleanup guarantee: the run is started non-blocking and watched (Lava's own blocking wait never
 returns when a ProcessModel raises: ``LavaRunError`` with the model's traceback instead); the
@@ -25,8 +29,10 @@ import typing as ty
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 
 from lava_spikingbert.lava.builder import LavaNetwork, build_network
+from lava_spikingbert.lava.lava_import import import_lava_runtime
 from lava_spikingbert.lava.params import LavaModelParams
 
 
@@ -34,7 +40,8 @@ from lava_spikingbert.lava.params import LavaModelParams
 class LavaRunResult:
     """Counts of each recorded population over its own windows: name -> (N, tokens, width) int64,
     ``tokens`` = ``recorded_tokens[name]`` (slots of the per-window index if one was given);
-    ``logits`` (N, labels) from the last output's [CLS] (None for packed windows: see run_dataset)."""
+    ``logits`` (N, labels) from the last output's [CLS] (None for packed windows: the caller
+    knows where each sentence's [CLS] sits)."""
 
     counts: dict[str, np.ndarray]
     recorded_tokens: dict[str, tuple[int, ...]]
@@ -52,29 +59,7 @@ class LavaRunResult:
         return self.counts[name] / self.t_steps
 
 
-LAVA_MP_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
-
-
-def import_lava_runtime() -> None:
-    """Import Lava's multiprocessing runtime, once per process.
-
-    lava-nc calls ``multiprocessing.set_start_method('fork')`` without ``force`` when that module is
-    first imported, which raises if the start method is already fixed: by a spawned worker
-    ("spawn"), or by anything that touched the default context first (tqdm's lock, a DataLoader,
-    ``get_start_method()``). Clearing it (public API) lets Lava's own choice apply."""
-    import importlib
-    import multiprocessing
-    import sys
-
-    if LAVA_MP_MODULE in sys.modules:
-        return
-    if multiprocessing.get_start_method(allow_none=True) is not None:
-        multiprocessing.set_start_method(None, force=True)
-    importlib.import_module(LAVA_MP_MODULE)
-
-
 def _descendants() -> dict[int, float]:
-    import psutil
     out = {}
     for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
@@ -91,7 +76,6 @@ class ChildGuard:
         self.before = _descendants()
 
     def new_children(self):
-        import psutil
         procs = []
         for pid, created in _descendants().items():
             if self.before.get(pid) == created:
@@ -103,7 +87,6 @@ class ChildGuard:
         return procs
 
     def reap(self, timeout: float = 5.0) -> list[int]:
-        import psutil
         procs = [p for p in self.new_children() if not _is_resource_tracker(p)]
         for p in procs:
             try:
@@ -134,8 +117,8 @@ class _ModelMap(dict):
 
     Lava's compiler checks ``proc in run_cfg.exception_proc_model_map`` per Process *instance*
     before falling back to ``_find_proc_models``, which re-executes every module of the Process's
-    package for every instance (quadratic in the number of modules; ~6 s of a 7 s compile of the
-    tiny model without bytecode caching). Answering by type selects the same models without the scan.
+    package for every instance (quadratic in the number of modules; most of a compile's time
+    without bytecode caching). Answering by type selects the same models without the scan.
     """
 
     @staticmethod
@@ -151,40 +134,35 @@ class _ModelMap(dict):
 
 def model_map(tag: str = "floating_pt") -> dict:
     """{Process class: ProcessModel class} of this package's processes (and Lava's LIFReset) for ``tag``."""
+    import_lava_runtime()
     from lava.proc.lif.models import PyLifResetModelBitAcc, PyLifResetModelFloat
     from lava.proc.lif.process import LIFReset
 
     from lava_spikingbert.lava.procs import (current_blocks, embedding_source, encoder_layer, ifneuron,
                                              spike_counter, spiking_attention, token_linear)
-    common = {encoder_layer.SpikingEncoderLayer: encoder_layer.SubSpikingEncoderLayerModel,
-              spike_counter.SpikeCounter: spike_counter.PySpikeCounterModel}
-    if tag == "floating_pt":
-        return _ModelMap({
-            **common,
-            ifneuron.IFNeuron: ifneuron.PyIFNeuronModelFloat,
-            token_linear.TokenLinear: token_linear.PyTokenLinearModelFloat,
-            spiking_attention.SpikingAttention: spiking_attention.PySpikingAttentionModelFloat,
-            current_blocks.ResidualLayerNorm: current_blocks.PyResidualLayerNormModelFloat,
-            current_blocks.GELU: current_blocks.PyGELUModelFloat,
-            embedding_source.EmbeddingSource: embedding_source.PyEmbeddingSourceModelFloat,
-            LIFReset: PyLifResetModelFloat,
-        })
-    if tag == "fixed_pt":
-        return _ModelMap({
-            **common,
-            ifneuron.IFNeuron: ifneuron.PyIFNeuronModelFixed,
-            token_linear.TokenLinear: token_linear.PyTokenLinearModelFixed,
-            spiking_attention.SpikingAttention: spiking_attention.PySpikingAttentionModelFixed,
-            current_blocks.ResidualLayerNorm: current_blocks.PyResidualLayerNormModelFixed,
-            current_blocks.GELU: current_blocks.PyGELUModelFixed,
-            embedding_source.EmbeddingSource: embedding_source.PyEmbeddingSourceModelFixed,
-            LIFReset: PyLifResetModelBitAcc,
-        })
+    # Process: (floating_pt model, fixed_pt model)
+    models = {
+        encoder_layer.SpikingEncoderLayer: (encoder_layer.SubSpikingEncoderLayerModel,) * 2,
+        spike_counter.SpikeCounter: (spike_counter.PySpikeCounterModel,) * 2,
+        ifneuron.IFNeuron: (ifneuron.PyIFNeuronModelFloat, ifneuron.PyIFNeuronModelFixed),
+        token_linear.TokenLinear: (token_linear.PyTokenLinearModelFloat, token_linear.PyTokenLinearModelFixed),
+        spiking_attention.SpikingAttention: (spiking_attention.PySpikingAttentionModelFloat,
+                                             spiking_attention.PySpikingAttentionModelFixed),
+        current_blocks.ResidualLayerNorm: (current_blocks.PyResidualLayerNormModelFloat,
+                                           current_blocks.PyResidualLayerNormModelFixed),
+        current_blocks.GELU: (current_blocks.PyGELUModelFloat, current_blocks.PyGELUModelFixed),
+        embedding_source.EmbeddingSource: (embedding_source.PyEmbeddingSourceModelFloat,
+                                           embedding_source.PyEmbeddingSourceModelFixed),
+        LIFReset: (PyLifResetModelFloat, PyLifResetModelBitAcc),
+    }
+    if tag in ("floating_pt", "fixed_pt"):
+        return _ModelMap({proc: pair[tag == "fixed_pt"] for proc, pair in models.items()})
     raise ValueError(f"unknown tag {tag!r}")
 
 
 def sim_run_config(tag: str = "floating_pt"):
     """``Loihi2SimCfg(select_tag=tag, select_sub_proc_model=True)`` with the models pre-selected."""
+    import_lava_runtime()
     from lava.magma.core.run_configs import Loihi2SimCfg
     return Loihi2SimCfg(select_tag=tag, select_sub_proc_model=True, exception_proc_model_map=model_map(tag))
 
@@ -196,12 +174,12 @@ class LavaRunError(RuntimeError):
 def loihi2_run_config(tag: str = "fixed_pt"):
     """``Loihi2HwCfg`` for a Loihi-2 system (needs lava-loihi; see docs/loihi2.md).
 
-    Stock processes (``LIF``/``LIFReset``, ``Dense``, ``Sparse``) are left to the config's own
-    selection, which prefers their neurocore models; every process of this package is mapped
-    explicitly to its CPU (host) fixed_pt model through ``exception_proc_model_map``. Raises a
-    one-line ``RuntimeError`` without lava-loihi (``Loihi2HwCfg`` cannot even select models then).
-    NOT validated on hardware (HW_VALIDATED=false).
+    Every process of the fixed_pt graph is one of this package's custom processes, so every one is
+    mapped explicitly to its CPU (host) fixed_pt model through ``exception_proc_model_map``: none
+    runs on a neurocore. Raises a one-line ``RuntimeError`` without lava-loihi (``Loihi2HwCfg``
+    cannot even select models then). NOT validated on hardware (HW_VALIDATED=false).
     """
+    import_lava_runtime()
     from lava.utils import loihi
 
     if not loihi.is_installed():
@@ -234,7 +212,7 @@ def _call_with_timeout(fn, timeout: float) -> bool:
     return bool(result.get("ok")) and not th.is_alive()
 
 
-def _wait_for_run(runtime, timeout: float | None, poll_s: float = 0.02) -> None:
+def wait_for_run(runtime, timeout: float | None, poll_s: float = 0.02) -> None:
     """Wait for a non-blocking ``run`` to finish, watching the model processes.
 
     Lava's blocking wait never returns when a ProcessModel raises: its RuntimeService collects
@@ -341,7 +319,7 @@ def run_network(net: LavaNetwork, *, timeout: float | None = None, stop_timeout:
         root.create_runtime(run_cfg=cfg)  # compile + spawn the model processes
         t1 = time.perf_counter()
         root.run(condition=RunSteps(num_steps=net.num_steps, blocking=False))
-        _wait_for_run(root.runtime, timeout)
+        wait_for_run(root.runtime, timeout)
         t2 = time.perf_counter()
         counts = {}
         for name in net.recorded():
@@ -374,96 +352,3 @@ def run_batch(params: LavaModelParams, emb_current: np.ndarray, attention_mask: 
     result = run_network(net, timeout=timeout, stop_timeout=stop_timeout, run_cfg=run_cfg)
     result.timings["build_s"] = build_s
     return result
-
-
-@dataclass
-class DatasetResult:
-    """``run_dataset`` output in the caller's sentence order."""
-
-    logits: np.ndarray          # (N, labels)
-    cls_counts: np.ndarray      # (N, H) last output population's [CLS] counts
-    t_steps: int
-    runs: list[dict] = field(default_factory=list)  # per run: sentences, length, steps, timings
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return self.logits.argmax(-1)
-
-
-def length_buckets(lengths: np.ndarray, *, max_batch: int = 512, granularity: int = 8,
-                   min_batch: int = 32) -> list[tuple[int, np.ndarray]]:
-    """Group sentence indices into runs of one padded length: lengths are rounded up to a multiple
-    of ``granularity``; buckets with fewer than ``min_batch`` sentences join the next longer one;
-    each bucket is split into runs of at most ``max_batch`` sentences. Returns [(L, indices)]."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if lengths.ndim != 1 or lengths.size == 0 or lengths.min() <= 0:
-        raise ValueError("lengths must be a non-empty 1-d array of positive token counts")
-    rounded = -(-lengths // granularity) * granularity
-    groups: list[tuple[int, list[int]]] = []
-    for value in np.unique(rounded):
-        groups.append((int(value), [int(i) for i in np.flatnonzero(rounded == value)]))
-    merged: list[tuple[int, list[int]]] = []
-    carry: list[int] = []
-    for k, (value, idx) in enumerate(groups):
-        carry = carry + idx
-        if len(carry) >= min_batch or k == len(groups) - 1:
-            merged.append((value, carry))
-            carry = []
-    out = []
-    for value, idx in merged:
-        for start in range(0, len(idx), max_batch):
-            out.append((value, np.asarray(idx[start:start + max_batch])))
-    return out
-
-
-def run_dataset(params: LavaModelParams, emb_current: np.ndarray, attention_mask: np.ndarray, *,
-                pack: bool = True, window_tokens: int | None = None, max_windows: int = 1024,
-                granularity: int = 8, min_batch: int = 32, progress=None, **build_kwargs) -> DatasetResult:
-    """Classify many sentences with few Lava runs; results in input order.
-
-    ``pack=True`` (default): sentences are packed side by side into windows of ``window_tokens``
-    tokens (default: 128, or the longest sentence) with block-diagonal attention (``packing``),
-    at most ``max_windows`` windows per run. ``pack=False``: one sentence per window, bucketed by
-    length (``length_buckets``) into runs padded to the bucket's length.
-
-    ``emb_current`` (N, L, H) and ``attention_mask`` (N, L), right-padded as tokenizers pad.
-    ``progress``: optional callable(dict) called after each run.
-    """
-    from lava_spikingbert.lava.packing import pack_sentences
-
-    emb = np.asarray(emb_current, dtype=np.float32)
-    mask = np.asarray(attention_mask)
-    if emb.ndim != 3 or mask.shape != emb.shape[:2]:
-        raise ValueError(f"emb_current (N, L, H) and attention_mask (N, L) expected, got {emb.shape}, {mask.shape}")
-    lengths = mask.sum(1).astype(np.int64)
-    if np.any(lengths == 0):
-        raise ValueError("a sentence has no tokens (all-zero attention mask)")
-    if np.any(mask[np.arange(mask.shape[1])[None, :] >= lengths[:, None]] != 0):
-        raise ValueError("attention_mask must be right-padded (ones then zeros)")
-    n = emb.shape[0]
-    out_name = f"layer{params.num_hidden_layers - 1}.output"
-    cls = np.zeros((n, params.hidden_size), dtype=np.int64)
-    runs = []
-    t_steps = int(build_kwargs.get("t_steps") or params.t_conv)
-
-    def report(info: dict) -> None:
-        runs.append(info)
-        if progress is not None:
-            progress(info)
-
-    if pack:
-        packed = pack_sentences(emb, mask, int(window_tokens or max(128, int(lengths.max()))))
-        for sub, sentences in packed.chunks(max_windows):
-            res = run_batch(params, sub.emb, sub.allowed, record={out_name: sub.cls_index}, **build_kwargs)
-            cls[sentences] = res.counts[out_name][sub.window, sub.slot]
-            report(dict(sentences=len(sentences), windows=sub.n_windows, length=sub.emb.shape[1],
-                        steps=res.num_steps, **res.timings))
-    else:
-        for length, idx in length_buckets(lengths, max_batch=max_windows, granularity=granularity,
-                                          min_batch=min_batch):
-            length = min(length, emb.shape[1])
-            res = run_batch(params, emb[idx, :length], mask[idx, :length], record="cls", **build_kwargs)
-            cls[idx] = res.counts[out_name][:, res.recorded_tokens[out_name].index(0)]
-            report(dict(sentences=len(idx), windows=len(idx), length=length, steps=res.num_steps, **res.timings))
-    logits = params.logits_from_asr(cls.astype(np.float32) / np.float32(t_steps))
-    return DatasetResult(logits=logits, cls_counts=cls, t_steps=t_steps, runs=runs)

@@ -21,6 +21,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikingbert.lava import kernels
+from lava_spikingbert.lava.fixed import gelu64, layer_norm64, to_grid
 from lava_spikingbert.lava.procs._bases import CurrentBlockModel
 
 
@@ -112,8 +113,6 @@ class PyResidualLayerNormModelFixed(ResidualLayerNormModel, dtype=np.float64):
     """``Q(LN(z + r))`` in float64; ``z`` the exact block input from the fixed TokenLinear."""
 
     def compute(self, t: int) -> np.ndarray:
-        from lava_spikingbert.lava.fixed import layer_norm64, to_grid
-
         return to_grid(layer_norm64(self.block_input(), self.gamma, self.beta, self.eps), self.lam)
 
 
@@ -124,6 +123,4 @@ class PyGELUModelFixed(GELUModel, dtype=np.float64):
     """``Q(GELU(z))`` in float64."""
 
     def compute(self, t: int) -> np.ndarray:
-        from lava_spikingbert.lava.fixed import gelu64, to_grid
-
         return to_grid(gelu64(self.receive(self.a_in)), self.lam)

@@ -1,6 +1,6 @@
 """``SpikingEncoderLayer``: one spiking encoder layer as a hierarchical Process.
 
-The SubProcessModel wires (see ``lava_spikingbert.lava.depths`` for depths and delays)::
+The SubProcessModel wires (see ``lava_spikingbert.contract.depths`` for depths and delays)::
 
     s_in ─┬─ TokenLinear(W_K,b_K) ─ key ───────────┐
           ├─ TokenLinear(W_V,b_V) ─ value ─────────┤
@@ -28,9 +28,9 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.lif.process import LIFReset
 
-from lava_spikingbert.config import SIGNED_NEURONS
+from lava_spikingbert.contract.constants import LAYER_POPULATIONS, SIGNED_NEURONS
+from lava_spikingbert.contract.depths import LayerPlan
 from lava_spikingbert.lava.counts import CountLayout, check_record_index
-from lava_spikingbert.lava.depths import LAYER_POPULATIONS, LayerPlan
 from lava_spikingbert.lava.procs.current_blocks import GELU, ResidualLayerNorm
 from lava_spikingbert.lava.procs.ifneuron import IFNeuron
 from lava_spikingbert.lava.procs.spike_counter import SpikeCounter

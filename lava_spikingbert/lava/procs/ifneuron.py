@@ -5,7 +5,7 @@ arrived this step::
 
     if t >= reset_offset and (t - reset_offset) % reset_interval == 0:  v = 0     # new sample window
     v += a + bias
-    if_subtract   (the paper's neuron, lava_spikingbert.neurons.IFSubtract):
+    if_subtract   (the paper's neuron, lava_spikingbert.model.neurons.IFSubtract):
         s = v >= vth;  v -= vth where s
     lif_reset_zero (Lava's LIF with du=1, dv=0; neurons.LIFResetZero):
         s = v >  vth;  v  = 0   where s
@@ -39,7 +39,7 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spikingbert.config import NEURON_KINDS, SIGNED_NEURONS, SUBTRACTIVE_NEURONS
+from lava_spikingbert.contract.constants import NEURON_KINDS, SIGNED_NEURONS, SUBTRACTIVE_NEURONS
 from lava_spikingbert.lava.counts import WindowCounter
 from lava_spikingbert.lava.fixed import wrap24
 from lava_spikingbert.lava.procs._bases import (

@@ -3,7 +3,7 @@
 At every step, on that step's spikes: ``Q = x W_Q^T + b_Q`` from the layer-input spikes ``x``
 (real-valued queries), ``scores_h = Q_h K_h^T / sqrt(d) + M`` with ``K``/``V`` the key/value
 population spikes and ``M`` the sentence's additive padding mask, ``context = concat_h
-softmax(scores_h) V_h`` (``lava_spikingbert.encoder.SpikingEncoderLayer.context_current``).
+softmax(scores_h) V_h`` (``lava_spikingbert.model.encoder.SpikingEncoderLayer.context_current``).
 
 ``x`` comes straight from the layer-input population while K and V come one synapse hop later, so
 ``x`` is delayed in-block by ``query_delay`` steps. The masks of all sentences of the run live in
@@ -24,6 +24,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lava_spikingbert.lava import kernels
+from lava_spikingbert.lava.fixed import to_grid
 from lava_spikingbert.lava.procs._bases import CurrentBlockModel
 from lava_spikingbert.lava.procs.current_blocks import _check_latency
 
@@ -108,8 +109,6 @@ class PySpikingAttentionModelFixed(SpikingAttentionModel, dtype=np.float64):
         self.score_scale = 1.0 / np.sqrt(d) if s is None else float(s)
 
     def compute(self, t: int) -> np.ndarray:
-        from lava_spikingbert.lava.fixed import to_grid
-
         x, k, v, mask = self.inputs(t)
         n, h = x.shape
         nh, d = self.num_heads, h // self.num_heads

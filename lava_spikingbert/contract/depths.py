@@ -1,4 +1,4 @@
-"""Depths and delay lines of the Lava graph (pure Python).
+"""Depths and delay lines of the Lava graph (pure Python; the model file records each population's depth).
 
 The torch reference updates every population within a time step with no delay. In Lava every
 synapse (connection) process adds one step: ``TokenLinear`` delivers at t+1 what it received at t,
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
+from lava_spikingbert.contract.constants import EMBED, LAYER_POPULATIONS
+
 SYNAPSE_LATENCY = 1  # TokenLinear / Dense
 
 
@@ -90,8 +91,8 @@ def layer_plans(num_layers: int, block_latency: int = 0) -> list[LayerPlan]:
 
 
 def population_depths(num_layers: int, block_latency: int = 0) -> dict[str, int]:
-    """Depth of every population, named as ``lava_spikingbert.encoder.population_names``."""
-    depths = {"embed": 0}
+    """Depth of every population, in the order of ``constants.population_names``."""
+    depths = {EMBED: 0}
     for i, plan in enumerate(layer_plans(num_layers, block_latency)):
         depths.update({f"layer{i}.{p}": d for p, d in plan.depths().items()})
     return depths

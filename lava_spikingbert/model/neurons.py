@@ -50,7 +50,17 @@ def surrogate_spike(x: torch.Tensor, strict: bool) -> torch.Tensor:
     return _AtanSurrogate.apply(x, strict)
 
 
-class IFSubtract:
+class _ThresholdNeuron:
+    """What every neuron kind shares: one threshold ``vth`` and a resting membrane of zeros."""
+
+    def __init__(self, vth: float) -> None:
+        self.vth = float(vth)
+
+    def initial_state(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(like)
+
+
+class IFSubtract(_ThresholdNeuron):
     """The paper's neuron: integrate-and-fire, ``u >= vth`` fires, reset by subtracting ``vth``.
 
     With a constant current I the charge identity ``vth * spikes(T) = T*I - u(T)`` with
@@ -60,12 +70,6 @@ class IFSubtract:
     name = "if_subtract"
     strict = False  # fires on u >= vth
     signed = False  # spikes are 0/1
-
-    def __init__(self, vth: float) -> None:
-        self.vth = float(vth)
-
-    def initial_state(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(like)
 
     def step(self, v: torch.Tensor, current: torch.Tensor, spike_fn: SpikeFn = heaviside):
         v = v + current
@@ -89,7 +93,7 @@ class IFSubtract:
         return self.rate(current)
 
 
-class LIFResetZero:
+class LIFResetZero(_ThresholdNeuron):
     """Lava's stock LIF used as an IF neuron (du=1, dv=0): ``v > vth`` fires, reset to zero.
 
     A constant current I > 0 fires once every ``floor(vth/I) + 1`` steps: the exact rate is a
@@ -101,12 +105,6 @@ class LIFResetZero:
     name = "lif_reset_zero"
     strict = True  # fires on v > vth
     signed = False
-
-    def __init__(self, vth: float) -> None:
-        self.vth = float(vth)
-
-    def initial_state(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(like)
 
     def step(self, v: torch.Tensor, current: torch.Tensor, spike_fn: SpikeFn = heaviside):
         v = v + current
@@ -132,7 +130,7 @@ class LIFResetZero:
         return torch.where(positive, 1.0 / period, torch.zeros_like(current))
 
 
-class IFSignedPair:
+class IFSignedPair(_ThresholdNeuron):
     """Signed rate coding with two of the paper's neurons per unit: an "on" IF neuron driven by
     ``+I`` and an "off" one driven by ``-I`` (both fire on ``u >= vth``, reset by subtraction).
     The unit's output spike is ``s_on - s_off`` in {-1, 0, 1}, so its ASR is
@@ -147,9 +145,6 @@ class IFSignedPair:
     name = "if_signed_pair"
     strict = False
     signed = True  # spikes are -1/0/1
-
-    def __init__(self, vth: float) -> None:
-        self.vth = float(vth)
 
     def initial_state(self, like: torch.Tensor) -> torch.Tensor:
         return torch.zeros((2, *like.shape), dtype=like.dtype, device=like.device)

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, tiny_batch, tiny_model
 from hw_export.export import export_model, model_file_from_model, model_from_file
 from hw_export.fixed_point import FixedPointModel, dense_shift
 from hw_export.quantize import integer_view, quantize_model
-from hw_export.schema import SCHEMA_VERSION, ModelFileError, read_model_file
-from lava_spikingbert.lava.params import params_from_model
+from lava_spikingbert.contract.model_file import SCHEMA_VERSION, ModelFileError, read_model_file
+from lava_spikingbert.lava.params import params_from_file
+from lava_spikingbert.parity import params_from_model
+from conftest import ROOT, tiny_batch, tiny_model
 
 QUANT = ("int8", "ternary", "binary")
 
@@ -56,7 +57,7 @@ def test_fp32_round_trip_gives_the_models_lava_params(files):
     d, f = files
     mf = read_model_file(f["fp32"])
     assert mf.schema_version == SCHEMA_VERSION and mf.precision == "fp32"
-    _params_equal(mf.to_lava_params(), params_from_model(tiny_model()))
+    _params_equal(params_from_file(mf), params_from_model(tiny_model()))
     assert set(mf.populations) == {"embed"} | {f"layer{i}.{p}" for i in range(2) for p in
                                                ("key", "value", "context", "attn_out", "intermediate", "output")}
     assert [p.schedule_index for p in mf.populations.values()] == list(range(13))
@@ -72,7 +73,7 @@ def test_quantized_round_trip_integer_view(files, prec):
     qmodel = quantize_model(tiny_model(), prec)
     view = integer_view(qmodel)
     assert mf.integer_view().equals(view), mf.integer_view().differences(view)
-    _params_equal(mf.to_lava_params(), params_from_model(qmodel))
+    _params_equal(params_from_file(mf), params_from_model(qmodel))
     for c in mf.connections.values():
         assert c.weight_mant.dtype == np.int16 and c.sign_mode in ("mixed", "excitatory", "inhibitory")
         if c.sign_mode == "mixed":
@@ -91,7 +92,7 @@ def test_quantized_round_trip_integer_view(files, prec):
 
 def test_schema_module_needs_no_torch(files):
     d, f = files
-    code = ("import sys; from hw_export.schema import read_model_file; "
+    code = ("import sys; from lava_spikingbert.contract.model_file import read_model_file; "
             f"m = read_model_file({str(f['int8'])!r}); m.integer_view(); "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -243,7 +244,8 @@ def test_netx_head_and_stock_dense_lif_match_the_reference(tmp_path):
     Dense+LIF builder, and its accumulated voltage is the quantized logit of the fixed-point [CLS]
     spikes; (2) stock Lava Dense+LIF (fixed_pt) reproduces the reference's key population,
     including a negative weight exponent (right shift with floor)."""
-    from hw_export.netx_head import head_chain, run_chain_lava, run_chain_netx, run_dense_lif_lava, write_netx_head
+    from hw_export.netx_head import head_chain, write_netx_head
+    from netx_chain import run_chain_lava, run_chain_netx, run_dense_lif_lava
 
     model = quantize_model(tiny_model(neuron="lif_reset_zero"), "ternary")
     mf = model_file_from_model(model, scale_exp=8)  # ternary at p=8: negative weight exponents
@@ -288,7 +290,8 @@ def test_netx_head_and_stock_dense_lif_match_the_reference(tmp_path):
 def test_netx_head_of_a_signed_student(tmp_path):
     """A signed student's head: the netx chain reads the [CLS] units' on and off neurons through
     [W, -W] and accumulates the quantized logit of the fixed-point reference's signed counts."""
-    from hw_export.netx_head import head_chain, on_off_trains, run_chain_lava, run_chain_netx, write_netx_head
+    from hw_export.netx_head import head_chain, on_off_trains, write_netx_head
+    from netx_chain import run_chain_lava, run_chain_netx
 
     mf = model_file_from_model(quantize_model(tiny_model(neuron="if_signed_pair"), "int8"))
     r = FixedPointModel(mf).run(*tiny_batch(batch=2), record_trains=True)
@@ -410,27 +413,27 @@ def test_cli_export_report_and_one_line_errors(files, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_constants_and_depths_agree_with_the_core():
-    from hw_export import schema
-    from lava_spikingbert import encoder, quantizers
-    from lava_spikingbert.lava.depths import population_depths
+def test_graph_layout_uses_the_shared_names_and_depths():
+    from lava_spikingbert.contract import constants, model_file
+    from lava_spikingbert.contract.depths import population_depths
+    from lava_spikingbert.model import quantizers
 
-    assert schema.MASK_NEGATIVE == encoder.MASK_NEGATIVE
-    assert schema.MANT_RANGE == {"mixed": (quantizers.MIXED_MIN, quantizers.MIXED_MAX),
+    assert constants.MANT_RANGE == {"mixed": (quantizers.MIXED_MIN, quantizers.MIXED_MAX),
                                  "excitatory": (quantizers.EXC_MIN, quantizers.EXC_MAX),
                                  "inhibitory": (quantizers.INH_MIN, quantizers.INH_MAX)}
-    pops, _, _ = schema.graph_layout({"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3})
-    assert [p["name"] for p in pops] == encoder.population_names(3)
+    pops, _, _ = model_file.graph_layout({"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3})
+    assert [p["name"] for p in pops] == constants.population_names(3)
     assert {p["name"]: p["lava_depth"] for p in pops} == population_depths(3, 0)
 
 
-def test_report_auto_inputs_follow_the_models_task(tmp_path):
+def test_report_auto_inputs_follow_the_models_task(tmp_path, monkeypatch):
     """``report --inputs auto`` measures on the dev sentences of the task the model was trained for,
     and scores them only when the labels are the model's own classes."""
     from types import SimpleNamespace
 
     from transformers import AutoTokenizer
 
+    from hw_export import report
     from hw_export.report import _inputs
     from training.teacher import default_teacher_path
 
@@ -440,7 +443,9 @@ def test_report_auto_inputs_follow_the_models_task(tmp_path):
 
     def model_file(task, num_labels=2):
         cfg = {"max_length": 16, "vocab_size": tok.vocab_size, "num_labels": num_labels, "extra": {"task": task}}
-        return SimpleNamespace(config=cfg, tokenizer_files={"tokenizer.json": b""}, load_tokenizer=lambda: tok)
+        return SimpleNamespace(config=cfg, tokenizer_files={"tokenizer.json": b""})
+
+    monkeypatch.setattr(report, "file_tokenizer", lambda mf: tok)
 
     sents, labels, note = _inputs(model_file("sst2"), glue_dir=tmp_path, n=3, seq_len=16, inputs="auto")
     assert len(sents) == 3 and labels == [1, 0, 0] and note.startswith("SST-2 dev")

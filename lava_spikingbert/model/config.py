@@ -8,14 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lava_spikingbert.fileio import atomic_write_text
+from lava_spikingbert.contract.atomic import atomic_write_text
+from lava_spikingbert.contract.constants import NEURON_KINDS, WEIGHT_MODES
+from lava_spikingbert.contract.errors import SpikingBertError
 
-NEURON_KINDS = ("if_subtract", "lif_reset_zero", "if_signed_pair")
-# neuron kinds whose unit is an on and an off neuron (spikes -1/0/1), and those that reset by
-# subtraction (no stock Loihi 2 model); the torch neurons, the Lava processes and the exporter read these
-SIGNED_NEURONS = ("if_signed_pair",)
-SUBTRACTIVE_NEURONS = ("if_subtract", "if_signed_pair")
-WEIGHT_MODES = ("fp32", "int8", "ternary", "binary")
 GRAD_POINTS = ("snn", "ann")
 PROBLEM_TYPES = ("classification", "regression")
 # what a training step's forward values are (``training.distill.StageSettings.forward``):
@@ -41,7 +37,7 @@ def stage_forward(pipeline_forward: str, stage: str) -> str:
     return pipeline_forward
 
 
-class ConfigError(ValueError):
+class ConfigError(SpikingBertError):
     """A configuration value is invalid; the message names the field."""
 
 
@@ -69,7 +65,7 @@ class SpikingBertConfig:
     # spiking dynamics
     t_conv: int = 16  # simulation steps per sentence
     vth: float = 1.0  # firing threshold (same for every population, as in the paper)
-    neuron: str = "if_subtract"  # see lava_spikingbert.neurons.NEURONS
+    neuron: str = "if_subtract"  # see lava_spikingbert.model.neurons.NEURONS
     # optional last-layer -> embedding-population feedback (a true fixed point; off in the paper)
     feedback: bool = False
     # where the steady-state map is linearised for gradients: "snn" = each population's map is
@@ -80,7 +76,7 @@ class SpikingBertConfig:
     num_labels: int = 2
     problem_type: str = "classification"
     fit_size: int | None = None  # teacher width for the W_Td distillation projection (None = none)
-    # quantization of the synaptic weights (lava_spikingbert.quantizers; latent fp32 + straight-through)
+    # quantization of the synaptic weights (lava_spikingbert.model.quantizers; latent fp32 + straight-through)
     weights: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (task, teacher, ...)
 

@@ -15,78 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
-from lava_spikingbert import SpikingBert
-from training.data import encode, get_task, load_glue, plain_text_corpus
+from lava_spikingbert.model.encoder import SpikingBert
+from training.batching import encode
 from training.common import improves
 from training.distill import (StageSettings, attention_loss, default_layer_map, hidden_loss, init_student_from_teacher,
                               run_stage, settings_differences, soft_cross_entropy, student_config_from_teacher)
+from training.readers import load_glue, plain_text_corpus
+from training.tasks import get_task
 
-POS = "good great wonderful charming moving funny brilliant lovely".split()
-NEG = "bad awful boring dull tedious flat clumsy weak".split()
-FILL = "the film movie story plot cast is a and of it this".split()
-
-
-def _sentences(n: int, seed: int):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = [rng.choice(FILL) for _ in range(rng.randint(2, 8))]
-        words.insert(rng.randint(0, len(words)), rng.choice(POS if label else NEG))
-        rows.append((" ".join(words), label))
-    return rows
+from training_fixtures import FILL, NEG, POS, glue_dir, new_student, setup, tiny_teacher_dir  # noqa: F401  (fixtures)
 
 
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("glue")
-    d = root / "SST-2"
-    d.mkdir()
-    for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
-        lines = ["sentence\tlabel"] + [f"{s}\t{lab}" for s, lab in _sentences(n, seed)]
-        (d / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher_dir(tmp_path_factory):
-    """A random 2-layer, 32-wide BERT with the real (local) bert-base-uncased vocabulary."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from training.teacher import default_teacher_path
-
-    path = tmp_path_factory.mktemp("tiny_teacher")
-    tok = AutoTokenizer.from_pretrained(default_teacher_path(), local_files_only=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    BertForSequenceClassification(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_teacher_dir, glue_dir):
-    from training.teacher import load_teacher
-
-    teacher, tok = load_teacher(tiny_teacher_dir, num_labels=2)
-    spec = get_task("sst2")
-    train = encode(load_glue(spec, "train", glue_dir), tok, 16)
-    dev = encode(load_glue(spec, "dev", glue_dir), tok, 16)
-    return teacher, tok, spec, train, dev
-
-
-def new_student(teacher, dropout=0.1):
-    torch.manual_seed(0)
-    cfg = student_config_from_teacher(teacher.config, num_layers=2, t_conv=4, max_length=16,
-                                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    student = SpikingBert(cfg)
-    init_student_from_teacher(student, teacher, layers=True)
-    return student
-
-
-# ------------------------------------------------------------------------------- losses and init
 def test_default_layer_map():
     assert default_layer_map(4, 12) == [3, 6, 9, 12]
     assert default_layer_map(4, 6) == [2, 3, 5, 6]
@@ -164,7 +103,7 @@ def test_internal_loss_weights(setup, tmp_path):
 
 
 def test_stage_forward_of_the_pipeline_choices():
-    from lava_spikingbert.config import stage_forward
+    from lava_spikingbert.model.config import stage_forward
 
     stages = ("general", "intermediate", "prediction")
     assert [stage_forward("rate_ann_warmup", s) for s in stages] == ["rate_ann", "rate_ann", "spiking"]
@@ -196,7 +135,7 @@ def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monke
                        tokenizer=tok, progress=False)
     assert result.completed and calls == []
     # the same step by hand: gradients of the soft cross-entropy through the rate ANN
-    from training.data import length_bucketed_batches
+    from training.batching import length_bucketed_batches
     from training.teacher import teacher_outputs
 
     ref = new_student(teacher, dropout=0.0)
@@ -291,7 +230,7 @@ def test_resume_after_kill(tmp_path, glue_dir, tiny_teacher_dir):
             "--train-t-conv", "4", "--max-length", "16", "--batch-size", "8", "--lr", "1e-3", "--steps", "20",
             "--checkpoint-every", "3"]
     cmd = [sys.executable, "-m", "lava_spikingbert.cli", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the run stops itself (SIGSTOP) once its first checkpoint is written, so the kill always lands
     # between checkpoints, however fast the machine
     stop_after_checkpoint = (
@@ -335,7 +274,7 @@ def test_torchrun_two_processes(tmp_path, glue_dir, tiny_teacher_dir):
            "--stage", "intermediate", "--task", "sst2", "--glue-dir", str(glue_dir), "--teacher",
            str(tiny_teacher_dir), "--layers", "2", "--t-conv", "4", "--train-t-conv", "4", "--max-length", "16",
            "--batch-size", "4", "--lr", "1e-3", "--steps", "4", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     done = json.loads((out / "stage_done.json").read_text())
@@ -349,8 +288,10 @@ def test_pipeline_under_torchrun_splits_each_batch_and_the_evaluation(tmp_path, 
     (each rank takes half), the teacher is fine-tuned once, and the sharded dev evaluation gives
     the same predictions as evaluating the final student in one process. (Run with the signed
     neuron and the rate-ANN warm-up: stages 1-2 train the rate ANN, stage 3 the spiking network.)"""
-    from lava_spikingbert.inference import intra_op_threads
-    from training.data import encode, get_task, load_glue
+    from lava_spikingbert.model.inference import intra_op_threads
+    from training.batching import encode
+    from training.readers import load_glue
+    from training.tasks import get_task
     from training.distill import evaluate_student
     from training.teacher import load_teacher
 
@@ -360,7 +301,7 @@ def test_pipeline_under_torchrun_splits_each_batch_and_the_evaluation(tmp_path, 
            "--task", "sst2", "--glue-dir", str(glue_dir), "--teacher", str(tiny_teacher_dir), "--budget", "tiny",
            "--layers", "2", "--t-conv", "4", "--max-length", "16", "--out", str(out),
            "--neuron", "if_signed_pair", "--train-forward", "rate_ann_warmup"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((out / "pipeline_summary.json").read_text())
@@ -404,7 +345,7 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     assert result["student_dir"] == out / "student"
     # the eval command on the final student, with --json
     js = tmp_path / "eval.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "eval", "--model", str(out / "student"),
                            "--task", "sst2", "--glue-dir", str(glue_dir), "--t-conv", "4", "--json", str(js)],
                           env=env, capture_output=True, text=True, timeout=600)
@@ -461,7 +402,7 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "eval", "--model", str(tmp_path / "nope"),
                            "--task", "sst2"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -474,7 +415,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_teacher_command_trains_on_custom_files(tmp_path, glue_dir, tiny_teacher_dir):
     d = glue_dir / "SST-2"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "teacher", "--task", "custom",
                            "--train-file", str(d / "train.tsv"), "--data-file", str(d / "dev.tsv"),
                            "--teacher", str(tiny_teacher_dir), "--epochs", "0.2", "--out", str(tmp_path / "t"),
@@ -512,7 +453,7 @@ def test_custom_data_distill_then_eval_keeps_the_class_order(tmp_path, glue_dir,
     names = {"0": "neg", "1": "pos"}
     (tmp_path / "train.tsv").write_text("text\tsentiment\n" + "".join(f"{s}\t{names[y]}\n" for s, y in rows))
     (tmp_path / "dev.tsv").write_text("text\tsentiment\n" + "".join(f"{s}\tpos\n" for s, y in rows if y == "1"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     data = ["--task", "custom", "--text-columns", "text", "--label-column", "sentiment"]
     proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", "distill", "--stage", "prediction", *data,
                            "--train-file", str(tmp_path / "train.tsv"), "--data-file", str(tmp_path / "train.tsv"),
@@ -535,7 +476,7 @@ def test_custom_data_distill_then_eval_keeps_the_class_order(tmp_path, glue_dir,
     # every dev label is 'pos' = class 1: the accuracy is the share of class-1 predictions
     from transformers import AutoTokenizer
 
-    from training.data import custom_task_spec, load_custom
+    from training.readers import custom_task_spec, load_custom
     from training.distill import evaluate_student
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "s" / "final", local_files_only=True)
@@ -559,7 +500,7 @@ def test_regression_pair_task_from_distillation_to_lava(tmp_path, tiny_teacher_d
             b = " ".join(rng.choice(FILL + NEG) for _ in range(rng.randint(2, 6)))
             rows.append(f"{a}\t{b}\t{rng.uniform(0, 5):.2f}")
         (glue / "STS-B" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
     def cli(*args):
         proc = subprocess.run([sys.executable, "-m", "lava_spikingbert.cli", *map(str, args)], env=env,

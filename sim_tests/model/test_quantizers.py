@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_batch, tiny_model
-from lava_spikingbert import SpikingBert
-from lava_spikingbert.quantizers import (SPIKING_SYNAPSES, BinaryQuantizer, Int8Quantizer, TernaryQuantizer,
+from lava_spikingbert.model.encoder import SpikingBert
+from lava_spikingbert.model.quantizers import (SPIKING_SYNAPSES, BinaryQuantizer, Int8Quantizer, TernaryQuantizer,
                                          attach_weight_quantizers, ceil_log2, make_quantizer, snap_scale)
-from test_distill import glue_dir, new_student, setup, tiny_teacher_dir  # noqa: F401  (fixtures)
+from conftest import tiny_batch, tiny_model
+from training_fixtures import glue_dir, new_student, setup, tiny_teacher_dir  # noqa: F401  (fixtures)
 
 MODES = ("int8", "ternary", "binary")
 

@@ -1,4 +1,4 @@
-"""Batch-parallel inference (lava_spikingbert.inference): same logits as one batch at a time."""
+"""Batch-parallel inference (lava_spikingbert.model.inference): same logits as one batch at a time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_batch, tiny_model
 
-from lava_spikingbert.inference import intra_op_threads, map_batches, predict_batches
+from lava_spikingbert.model.inference import intra_op_threads, map_batches, predict_batches
 
 
 def _batches(n: int = 6):
@@ -63,7 +63,7 @@ def _sharded_eval(rank: int, world: int, store: str, result_dir: str) -> None:
     import json
 
     from training.common import DistEnv
-    from training.data import get_task
+    from training.tasks import get_task
     from training.distill import evaluate_student
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -82,7 +82,7 @@ def _regressor():  # regression: the "predictions" are the raw outputs, so any l
 
 
 def _dataset():
-    from training.data import EncodedDataset
+    from training.batching import EncodedDataset
 
     g = torch.Generator().manual_seed(3)
     ids = [[1] + torch.randint(2, 64, (int(n),), generator=g).tolist() + [2]
@@ -98,7 +98,7 @@ def test_sharded_evaluation_gives_every_rank_all_predictions(tmp_path):
 
     import torch.multiprocessing as mp
 
-    from training.data import get_task
+    from training.tasks import get_task
     from training.distill import evaluate_student
 
     mp.spawn(_sharded_eval, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)

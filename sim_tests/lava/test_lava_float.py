@@ -27,15 +27,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lava_spikingbert import SpikingBert, SpikingBertConfig
-from lava_spikingbert.encoder import MASK_NEGATIVE, population_names as torch_population_names
+from lava_spikingbert.contract.constants import population_names
+from lava_spikingbert.contract.depths import LayerPlan, population_depths
 from lava_spikingbert.lava import kernels
-from lava_spikingbert.lava.builder import build_network, population_names, resolve_record
+from lava_spikingbert.lava.builder import build_network, resolve_record
 from lava_spikingbert.lava.counts import CountLayout
-from lava_spikingbert.lava.depths import LayerPlan, population_depths
-from lava_spikingbert.lava.params import (MASK_NEGATIVE as LAVA_MASK_NEGATIVE, attention_mask_bias,
-                                          params_from_model)
+from lava_spikingbert.lava.params import attention_mask_bias
 from lava_spikingbert.lava.runner import LavaRunError, run_batch
+from lava_spikingbert.model.config import SpikingBertConfig
+from lava_spikingbert.model.encoder import SpikingBert
+from lava_spikingbert.parity import params_from_model
 
 T = 16
 L = 8
@@ -140,11 +141,9 @@ def tiny():
 
 
 # ---------------------------------------------------------------- no simulator needed
-def test_constants_and_names_match_the_torch_encoder():
-    assert LAVA_MASK_NEGATIVE == MASK_NEGATIVE
+def test_depths_name_every_population_in_order():
     for n in (1, 2, 4):
-        assert population_names(n) == torch_population_names(n)
-        assert list(population_depths(n)) == torch_population_names(n)
+        assert list(population_depths(n)) == population_names(n)
 
 
 def test_population_depths_and_delays():
@@ -346,21 +345,33 @@ def test_exception_during_run_leaves_no_child_process(tiny, monkeypatch, where):
 
 
 @pytest.mark.lava
-def test_run_dataset_buckets_by_length(tiny, monkeypatch):
-    """Sentences of different lengths run in per-length buckets (here two runs: L=4 and L=8) and
+@pytest.mark.parametrize("pack", [False, True])
+def test_planned_runs_classify_like_torch(pack, monkeypatch):
+    """``schedule.plan_runs``: ten sentences of different lengths, one per window (runs of 4,
+    shortest first) or packed side by side into windows of 16 tokens (block-diagonal attention;
+    runs of 4 windows),
     come back in input order with the torch model's [CLS] counts and predictions."""
     install_torch_kernels(monkeypatch)
-    from lava_spikingbert.lava.runner import run_dataset
-    lengths = tiny["mask"].sum(1)
-    assert sorted(set((lengths + 3) // 4 * 4)) == [4, 8]
-    res = run_dataset(tiny["params"], tiny["emb"], tiny["mask"], pack=False, granularity=4, min_batch=1)
-    assert [(r["length"], r["sentences"]) for r in res.runs] == [(4, int((lengths <= 4).sum())),
-                                                                  (8, int((lengths > 4).sum()))]
-    cls = tiny["counts"]["layer1.output"][:, 0]
-    equal = (res.cls_counts == cls).mean()
-    print(f"\nrun_dataset: [CLS] counts identical for {equal:.4f}; runs {res.runs}")
+    from lava_spikingbert.lava.schedule import plan_runs, run_lava
+    model = tiny_model(seed=4)
+    ids, mask, types = sentences(10, seed=9)
+    _, counts, logits = torch_reference(model, ids, mask, types)
+    params = params_from_model(model)
+    lengths = mask.sum(1).numpy()
+    all_ids = [ids[i, :m].numpy() for i, m in enumerate(lengths)]
+    all_types = [types[i, :m].numpy() for i, m in enumerate(lengths)]
+    runs = list(plan_runs(params, all_ids, all_types, 4, pack=pack, window_tokens=16))
+    assert all(r.packed == pack for r in runs)
+    assert sum(r.emb.shape[0] for r in runs) < 10 if pack else [len(r.sentences) for r in runs] == [4, 4, 2]
+    lava_logits, cls = np.zeros_like(logits), np.zeros((10, TINY["hidden_size"]), np.int64)
+    for run in runs:
+        res, lava_logits[run.sentences] = run_lava(params, run, T, record_all=True)
+        cls[run.sentences] = res.counts["layer1.output"][run.window, run.start]
+    equal = (cls == counts["layer1.output"][:, 0]).mean()
+    print(f"\nplanned runs (pack={pack}): {[r.emb.shape[0] for r in runs]} windows, [CLS] counts identical "
+          f"for {equal:.4f}")
     assert equal >= 0.95
-    np.testing.assert_array_equal(res.predictions, tiny["logits"].argmax(-1))
+    np.testing.assert_array_equal(lava_logits.argmax(-1), logits.argmax(-1))
 
 
 def test_pack_sentences_layout():
@@ -381,24 +392,6 @@ def test_pack_sentences_layout():
     assert sub.n_windows == 1 and set(sentences) == set(np.flatnonzero(p.window == 2))
     with pytest.raises(ValueError, match="does not fit"):
         pack_sentences(emb, mask, 6)
-
-
-@pytest.mark.lava
-def test_run_dataset_packs_sentences_side_by_side(monkeypatch):
-    """Ten sentences packed into windows of 16 tokens (block-diagonal attention): each sentence's
-    [CLS] counts and prediction equal the torch model's on the unpacked batch."""
-    install_torch_kernels(monkeypatch)
-    from lava_spikingbert.lava.runner import run_dataset
-    model = tiny_model(seed=4)
-    ids, mask, types = sentences(10, seed=9)
-    emb, counts, logits = torch_reference(model, ids, mask, types)
-    res = run_dataset(params_from_model(model), emb, mask.numpy(), window_tokens=16)
-    assert len(res.runs) == 1 and res.runs[0]["windows"] < 10
-    equal = (res.cls_counts == counts["layer1.output"][:, 0]).mean()
-    print(f"\npacked run_dataset: {res.runs[0]['windows']} windows for 10 sentences, [CLS] counts identical "
-          f"for {equal:.4f}, {res.runs[0]['steps']} steps")
-    assert equal >= 0.95
-    np.testing.assert_array_equal(res.predictions, logits.argmax(-1))
 
 
 @pytest.mark.lava
@@ -452,24 +445,3 @@ def test_ifneuron_fixed_pt_model_matches_integer_reference(kind):
         want = reference(1, kind == "if_subtract")
     np.testing.assert_array_equal(got, want[:, [0, 2]])
     assert want.sum() != 0 and (want < win).any()
-
-
-def test_lava_package_imports_no_torch(tmp_path):
-    """The Lava run path (params, builder, runner, procs, packing) imports no torch. The parent
-    package ``lava_spikingbert/__init__`` does (it re-exports the torch model), so it is stubbed."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    code = (
-        "import sys, types\n"
-        f"pkg = types.ModuleType('lava_spikingbert'); pkg.__path__ = [{str(root / 'lava_spikingbert')!r}]\n"
-        "sys.modules['lava_spikingbert'] = pkg\n"
-        "import lava_spikingbert.lava.runner, lava_spikingbert.lava.builder, lava_spikingbert.lava.packing\n"
-        "import lava_spikingbert.lava.bench\n"
-        "from lava_spikingbert.lava.runner import model_map; model_map('floating_pt'); model_map('fixed_pt')\n"
-        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
-        "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

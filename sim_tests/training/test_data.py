@@ -1,4 +1,4 @@
-"""Tests of training/data.py: GLUE layouts, error reporting, custom data, metrics, tokenisation, batching."""
+"""Tests of training/tasks.py, readers.py and batching.py: GLUE layouts, error reporting, custom data, metrics, tokenisation, batching."""
 
 from __future__ import annotations
 
@@ -9,21 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from training import data as D
-from training.data import (
-    DataError,
-    Example,
-    TASKS,
-    compute_metrics,
-    custom_task_spec,
-    encode,
-    get_task,
-    length_bucketed_batches,
-    load_custom,
-    load_glue,
-    plain_text_corpus,
-    resolve_glue_dir,
-)
+from training import batching, readers, tasks
+from training.batching import encode, length_bucketed_batches
+from training.readers import Example, custom_task_spec, load_custom, load_glue, plain_text_corpus, resolve_glue_dir
+from training.tasks import DataError, TASKS, compute_metrics, get_task
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +308,7 @@ def test_resolve_glue_dir_order(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="GLUE_DIR"):
         resolve_glue_dir()
     monkeypatch.delenv("GLUE_DIR")
-    monkeypatch.setattr(D, "DEFAULT_SHARED_GLUE", tmp_path / "missing")
+    monkeypatch.setattr(readers, "DEFAULT_SHARED_GLUE", tmp_path / "missing")
     with pytest.raises(FileNotFoundError) as err:
         resolve_glue_dir()
     assert "GLUE_DIR" in str(err.value) and str(tmp_path / "missing") in str(err.value)
@@ -368,19 +357,6 @@ def test_plain_text_corpus(tmp_path):
     assert [(e.text_a, e.label) for e in got] == [("first sentence .", None), ("second one", None)]
     unl = plain_text_corpus([Example("g1", "a", None, 1), Example("g2", "b", "c", 0)])
     assert [(e.text_a, e.text_b, e.label) for e in unl] == [("a", None, None), ("b", "c", None)]
-
-
-def test_load_hub_clear_error_without_datasets():
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="datasets"):
-            D.load_hub("sst2", "dev")
-    else:
-        pytest.skip("datasets is installed; the network path is not tested")
-
-
-# ---------------------------------------------------------------------------------------------- metrics
 
 
 def test_metrics_against_hand_computed_values():

@@ -1,10 +1,11 @@
-"""Simulator speed benchmark on random parameters (numpy only; no model file, no torch).
+"""Lava simulator speed on random parameters (numpy only; no model file, no torch).
 
-    python -m lava_spikingbert.lava.bench --hidden 384 --heads 12 --ffn 1536 --layers 4 \\
+    .venv/bin/python benchmarks/lava_simulator.py --hidden 384 --heads 12 --ffn 1536 --layers 4 \\
         --sentences 32 --length 24 [--pack --window 128]
 
-Synapses are drawn at ~1.5/sqrt(fan_in) with biases ~0.2 and the embedding currents ~N(0, 1), so
-populations fire at moderate rates like a trained model. Sentence lengths vary around
+Synapses are drawn at ~1.5/sqrt(fan_in) with biases ~0.2 and random embedding tables, so
+populations fire at moderate rates like a trained model. The runs are planned as
+``spikingbert lava`` plans them (``lava_spikingbert.lava.schedule.plan_runs``). Sentence lengths vary around
 ``--length`` (+-50%) unless ``--fixed-length``. Prints ms/step and s/sentence (incl. compile).
 """
 
@@ -16,11 +17,12 @@ import time
 
 import numpy as np
 
-from lava_spikingbert.lava.params import LavaModelParams, LayerParams, LinearParams, NormParams
+from lava_spikingbert.lava.params import EmbeddingParams, LavaModelParams, LayerParams, LinearParams, NormParams
+from lava_spikingbert.lava.schedule import plan_runs, run_lava
 
 
 def random_params(hidden: int, heads: int, ffn: int, layers: int, t_conv: int = 16, seed: int = 0,
-                  neuron: str = "if_subtract") -> LavaModelParams:
+                  neuron: str = "if_subtract", vocab: int = 1000, max_length: int = 512) -> LavaModelParams:
     rng = np.random.default_rng(seed)
 
     def lin(n_out: int, n_in: int) -> LinearParams:
@@ -35,16 +37,17 @@ def random_params(hidden: int, heads: int, ffn: int, layers: int, t_conv: int = 
         neuron=neuron, t_conv=t_conv, layer_norm_eps=1e-12,
         layers=[LayerParams(lin(hidden, hidden), lin(hidden, hidden), lin(hidden, hidden), lin(hidden, hidden),
                             norm(hidden), lin(ffn, hidden), lin(hidden, ffn), norm(hidden)) for _ in range(layers)],
-        classifier=lin(2, hidden))
+        classifier=lin(2, hidden),
+        embeddings=EmbeddingParams(rng.standard_normal((vocab, hidden)), rng.standard_normal((max_length, hidden)),
+                                   rng.standard_normal((2, hidden)), norm(hidden)))
 
 
-def random_batch(n: int, length: int, hidden: int, seed: int = 1, fixed_length: bool = False):
+def random_sentences(n: int, length: int, vocab: int, seed: int = 1, fixed_length: bool = False):
+    """Token ids and type ids of ``n`` random sentences, lengths around ``length`` (+-50%)."""
     rng = np.random.default_rng(seed)
     lengths = np.full(n, length) if fixed_length else rng.integers(max(1, length // 2), length * 3 // 2 + 1, n)
-    max_len = int(lengths.max())
-    mask = (np.arange(max_len)[None] < lengths[:, None]).astype(np.int64)
-    emb = rng.standard_normal((n, max_len, hidden)).astype(np.float32) * mask[..., None]
-    return emb, mask
+    ids = [rng.integers(1, vocab, int(m)) for m in lengths]
+    return ids, [np.zeros_like(x) for x in ids]
 
 
 def main(argv=None) -> dict:
@@ -57,24 +60,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--sentences", type=int, default=16)
     ap.add_argument("--length", type=int, default=24)
     ap.add_argument("--fixed-length", action="store_true")
-    ap.add_argument("--pack", action="store_true", help="pack sentences side by side (run_dataset)")
+    ap.add_argument("--pack", action="store_true", help="pack sentences side by side into windows")
     ap.add_argument("--window", type=int, default=None, help="tokens per packed window")
     ap.add_argument("--block-latency", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from lava_spikingbert.lava.runner import run_batch, run_dataset
-
     params = random_params(args.hidden, args.heads, args.ffn, args.layers, args.t_conv)
-    emb, mask = random_batch(args.sentences, args.length, args.hidden, fixed_length=args.fixed_length)
+    ids, types = random_sentences(args.sentences, args.length, 1000, fixed_length=args.fixed_length)
     t0 = time.perf_counter()
-    if args.pack:
-        res = run_dataset(params, emb, mask, pack=True, window_tokens=args.window,
-                          block_latency=args.block_latency)
-        runs = res.runs
-    else:
-        r = run_batch(params, emb, mask, record="cls", block_latency=args.block_latency)
-        runs = [dict(sentences=args.sentences, windows=args.sentences, length=emb.shape[1], steps=r.num_steps,
-                     **r.timings)]
+    runs = []
+    batch = args.sentences if not args.pack else 1024  # one run: every sentence (unpacked) or window (packed)
+    for run in plan_runs(params, ids, types, batch, pack=args.pack, window_tokens=args.window):
+        res, _ = run_lava(params, run, args.t_conv, block_latency=args.block_latency)
+        runs.append(dict(sentences=len(run.sentences), windows=run.emb.shape[0], length=run.emb.shape[1],
+                         steps=res.num_steps, **res.timings))
     total = time.perf_counter() - t0
     steps = sum(r["steps"] for r in runs)
     run_s = sum(r["run_s"] for r in runs)

@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model
 from hw_export.export import export_model
 from hw_export.fixed_point import FixedPointModel
 from hw_export.quantize import quantize_model
-from hw_export.schema import ModelFileError, read_model_file
-from lava_spikingbert.lava.evaluate import loihi2_available
+from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.model_file import ModelFileError, read_model_file
 from lava_spikingbert.lava.fixed import embedding_grid, fixed_params
 from lava_spikingbert.lava.runner import run_batch
+from lava_spikingbert.lava.schedule import params_for_tag
+from lava_spikingbert.lava_eval import loihi2_available
+from conftest import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T = 16
 L = 8
 
@@ -92,20 +94,11 @@ def test_fixed_pt_reset_leaks_nothing(model_file):
         np.testing.assert_array_equal(together.counts[name][2:], c, err_msg=name)
 
 
-def test_lava_path_does_not_import_torch():
-    code = ("import sys; import hw_export.schema, lava_spikingbert.lava.fixed, lava_spikingbert.lava.builder, "
-            "lava_spikingbert.lava.runner, lava_spikingbert.lava.evaluate, training.data; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
-
-
 def test_corrupt_and_wrong_version_files_fail_clearly(tmp_path, model_file):
-    from lava_spikingbert.lava.evaluate import lava_params, load_file
-
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an hdf5 file at all")
     with pytest.raises(ModelFileError):
-        lava_params(load_file(bad), "fixed_pt")
+        params_for_tag(read_model_file(bad), "fixed_pt")
     good = Path(model_file.path)
     wrong = tmp_path / "wrong.h5"
     wrong.write_bytes(good.read_bytes())
@@ -114,8 +107,8 @@ def test_corrupt_and_wrong_version_files_fail_clearly(tmp_path, model_file):
             if key in f.attrs:
                 f.attrs[key] = 999
     with pytest.raises(ModelFileError):
-        lava_params(load_file(wrong), "fixed_pt")
-    assert issubclass(ModelFileError, ValueError)  # the CLI prints ValueErrors as one line
+        params_for_tag(read_model_file(wrong), "fixed_pt")
+    assert issubclass(ModelFileError, SpikingBertError)  # the CLI prints the project's errors as one line
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +198,7 @@ def test_evaluate_with_parallel_workers_matches_one_process(cli_model):
     parity as one process, and leave no process behind."""
     import psutil
 
-    from lava_spikingbert.lava.evaluate import evaluate
+    from lava_spikingbert.lava_eval import evaluate
 
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     kw = dict(task="sst2", split="dev", limit=4, tag="fixed_pt", t_conv=4, glue_dir=str(cli_model / "glue"),
@@ -221,3 +214,41 @@ def test_evaluate_with_parallel_workers_matches_one_process(cli_model):
     left = [c for c in psutil.Process().children(recursive=True) if c.pid not in before and c.is_running()
             and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)]
     assert not left, [c.cmdline() for c in left]
+
+
+@pytest.mark.lava
+def test_mask_negative_from_the_file_is_honoured(tmp_path, model_file):
+    """The attention-mask value is the model file's: changed in the file, the Lava graph and the
+    fixed-point reference both use the new value and still give identical counts."""
+    changed = tmp_path / "mask.h5"
+    changed.write_bytes(Path(model_file.path).read_bytes())
+    with h5py.File(changed, "r+") as f:
+        for i in range(model_file.num_layers):
+            f[f"blocks/layer{i}.attention"].attrs["mask_negative"] = -3.0  # small: padded keys still count
+    mf = read_model_file(changed)
+    assert mf.mask_negative == -3.0 and params_for_tag(mf, "fixed_pt").mask_negative == -3.0
+    ids, mask = batch()
+    ref = FixedPointModel(mf).run(ids, mask, t_conv=T)
+    res = lava_fixed(mf, ids, mask)
+    for name, c in ref.counts.items():
+        np.testing.assert_array_equal(res.counts[name], c.numpy(), err_msg=name)
+    before = FixedPointModel(model_file).run(ids, mask, t_conv=T)
+    assert any(not torch.equal(before.counts[n], ref.counts[n]) for n in ref.counts)  # the value matters
+
+
+@pytest.mark.lava
+def test_lava_command_runs_with_torch_unimportable(cli_model):
+    """``spikingbert lava --no-parity`` end to end in a process where importing torch (or
+    transformers) fails: the Lava run path needs neither."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
+        "sys.modules['transformers'] = None\n"
+        "from lava_spikingbert.cli import main\n"
+        f"rc = main(['lava', '--model', {str(cli_model / 'tiny.h5')!r}, '--task', 'sst2', '--glue-dir',"
+        f" {str(cli_model / 'glue')!r}, '--limit', '2', '--t-conv', '4', '--no-parity'])\n"
+        "assert rc == 0, rc\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') and sys.modules[m]]\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

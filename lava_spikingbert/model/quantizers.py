@@ -34,19 +34,18 @@ from dataclasses import dataclass
 
 import torch
 
-from lava_spikingbert.equilibrium import straight_through
+from lava_spikingbert.contract.constants import LAYER_SYNAPSES, MANT_RANGE, WEIGHT_MODES
+from lava_spikingbert.contract.model_file import sign_mode_of as sign_mode_of_mantissas
+from lava_spikingbert.model.equilibrium import straight_through
 
-WEIGHT_MODES = ("fp32", "int8", "ternary", "binary")
-QUANTIZED_MODES = ("int8", "ternary", "binary")
 # the SynapseLinear attributes that carry spikes (quantized); embeddings, LayerNorm, biases,
 # the classifier and W_Td (fit_dense) stay full precision
-SPIKING_SYNAPSES = ("query", "key", "value", "attn_out", "intermediate", "output", "feedback")
+SPIKING_SYNAPSES = LAYER_SYNAPSES + ("feedback",)
 
 # Lava Dense weight mantissas (lava.utils.weightutils: clip_weights + truncate_weights, 8 bits)
-MIXED_MIN, MIXED_MAX = -256, 254  # even integers only
-EXC_MIN, EXC_MAX = 0, 255
-INH_MIN, INH_MAX = -255, 0
-SIGN_MODES = ("mixed", "excitatory", "inhibitory")
+MIXED_MIN, MIXED_MAX = MANT_RANGE["mixed"]  # even integers only
+EXC_MIN, EXC_MAX = MANT_RANGE["excitatory"]
+INH_MIN, INH_MAX = MANT_RANGE["inhibitory"]
 EPS = 1e-8
 
 
@@ -74,11 +73,7 @@ def snap_scale(x: float) -> tuple[int, int]:
 
 def sign_mode_of(mantissa: torch.Tensor) -> str:
     """Lava's ``determine_sign_mode`` on a mantissa matrix."""
-    if mantissa.numel() == 0 or int(mantissa.min()) >= 0:
-        return "excitatory"
-    if int(mantissa.max()) <= 0:
-        return "inhibitory"
-    return "mixed"
+    return sign_mode_of_mantissas(mantissa.numpy())
 
 
 @dataclass
@@ -216,13 +211,7 @@ def int8_codes(iw: IntWeights) -> tuple[torch.Tensor, float] | None:
 
 def spiking_synapses(model) -> list[tuple[str, torch.nn.Module]]:
     """``(module name, SynapseLinear)`` of every spiking synapse of a ``SpikingBert``."""
-    from lava_spikingbert.encoder import SynapseLinear
-
-    out = []
-    for name, module in model.named_modules():
-        if isinstance(module, SynapseLinear) and name.rsplit(".", 1)[-1] in SPIKING_SYNAPSES:
-            out.append((name, module))
-    return out
+    return [(name, module) for name, module in model.synapses() if name.rsplit(".", 1)[-1] in SPIKING_SYNAPSES]
 
 
 def attach_weight_quantizers(model, mode: str):

@@ -2,8 +2,8 @@
 
 The simulation of a batch of short sentences is a chain of modest matrix products and many small
 element-wise steps (the membrane loop, LayerNorm, GELU, the spike counts). Spread over the cores
-inside every op (intra-op threads), those small ops scale poorly: with 2 intra-op threads the
-simulation keeps about 1.4 of the 2 cores busy. Giving each core a batch of its own instead
+inside every op (intra-op threads), those small ops scale poorly and leave cores idle part of
+the time. Giving each core a batch of its own instead
 (worker threads that run the torch ops with one intra-op thread each; torch releases the GIL
 inside its ops) keeps both cores busy. docs/RESULTS.md (issue 3) has the measured gain.
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import Example, encode, length_bucketed_batches
+from training.batching import encode, length_bucketed_batches
+from training.readers import Example
 from training.teacher import (
     SCORES_ATTN,
     default_teacher_path,
@@ -211,7 +212,7 @@ def test_default_teacher_loads_offline():
 
 def test_resume_with_other_examples_is_refused(tiny_teacher, tmp_path):
     """Examples passed in (custom files) are identified by content: a resume with others is refused."""
-    from training.data import load_glue
+    from training.readers import load_glue
 
     glue = _sst2_fixture(tmp_path / "glue")
     train, dev = load_glue("sst2", "train", glue), load_glue("sst2", "dev", glue)

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
+from lava_spikingbert.contract.constants import population_names
+from lava_spikingbert.model.config import ConfigError, SpikingBertConfig
+from lava_spikingbert.model.encoder import Activity, SpikingBert
+from lava_spikingbert.model.equilibrium import straight_through
+from lava_spikingbert.model.neurons import IFSignedPair, IFSubtract, LIFResetZero
 from conftest import TINY, tiny_batch, tiny_model
-from lava_spikingbert import ConfigError, SpikingBert, SpikingBertConfig, population_names
-from lava_spikingbert.encoder import Activity
-from lava_spikingbert.equilibrium import straight_through
-from lava_spikingbert.neurons import IFSignedPair, IFSubtract, LIFResetZero
 
 
 def run_population(neuron, current: torch.Tensor, T: int) -> torch.Tensor:
@@ -406,7 +407,7 @@ def test_input_errors(model):
 
 
 def test_atomic_directory_replaces_carries_and_recovers(tmp_path):
-    from lava_spikingbert.fileio import atomic_directory, recover_directory
+    from lava_spikingbert.contract.atomic import atomic_directory, recover_directory
 
     d = tmp_path / "ckpt"
 

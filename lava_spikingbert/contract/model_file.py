@@ -1,7 +1,9 @@
 """The lava-spikingbert model file (HDF5): one module that writes AND reads/validates it.
 
-Only h5py and numpy are imported here (the Lava/Loihi side reads model files without torch).
-The layout is documented in docs/model_file.md; :data:`SCHEMA_VERSION` changes whenever it does.
+This is the contract between the PyTorch side (the exporter writes it, the fixed-point reference
+reads it) and the Lava runtime (reads it): only h5py, numpy and the shared constants are imported
+here. The layout is documented in docs/model_file.md; :data:`SCHEMA_VERSION` changes whenever it
+does.
 
 In memory a model file is a :class:`ModelFile`: configuration, tokenizer files, embedding tables,
 the populations (IF neuron groups, per token), the connections (token-wise synapses, float weights
@@ -11,8 +13,12 @@ residual LayerNorm, GELU), the classifier and the fixed-point parameters.
 * :func:`write_model_file` writes one atomically (temporary sibling + rename);
 * :func:`read_model_file` reads and validates one; every problem raises :class:`ModelFileError`
   naming the file and the HDF5 path of the offending group/dataset/attribute;
-* :meth:`ModelFile.to_lava_params` gives the float ``LavaModelParams`` the Lava graph is built from,
-  :meth:`ModelFile.integer_view` the integer (fixed-point) view.
+* :meth:`ModelFile.integer_view` gives the integer (fixed-point) view.
+
+The file's ``profile`` attribute names the model profile the graph follows. ``"paper"`` is
+SpikingBERT's graph (custom IF neurons and host current blocks); files without the attribute are
+read as ``"paper"``. A further profile adds its layout to :func:`graph_layout` and its block kinds
+to :data:`BLOCK_READERS`; the shared parts of the file stay as they are.
 """
 
 from __future__ import annotations
@@ -20,34 +26,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
 
-from lava_spikingbert.config import NEURON_KINDS  # noqa: F401 (re-exported)
+from lava_spikingbert.contract.atomic import atomic_file
+from lava_spikingbert.contract.constants import (ACT_SHIFT, BIAS_EXP_MAX, BIAS_EXP_MIN, BIAS_MANT_MAX, BIAS_MANT_MIN,
+                                                 EMBED, MANT_RANGE, NEURON_KINDS, QUANTIZED_MODES, SIGN_MODES,
+                                                 VTH_MANT_MAX, WEIGHT_MODES, population_names)
+from lava_spikingbert.contract.depths import population_depths
+from lava_spikingbert.contract.errors import SpikingBertError
 
 FORMAT = "lava-spikingbert"
 SCHEMA_VERSION = 1
-PRECISIONS = ("fp32", "int8", "ternary", "binary")
-QUANTIZED = ("int8", "ternary", "binary")
-SIGN_MODES = ("mixed", "excitatory", "inhibitory")
-LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
-LAYER_SYNAPSES = ("query", "key", "value", "attn_out", "intermediate", "output")
-MASK_NEGATIVE = -10000.0
-
-# Lava / Loihi-2 fixed-point envelope (lava-nc 0.10.0; docs/fixed_point.md)
-MANT_RANGE = {"mixed": (-256, 254), "excitatory": (0, 255), "inhibitory": (-255, 0)}
-BIAS_MANT_MIN, BIAS_MANT_MAX = -4096, 4095  # 13-bit signed
-BIAS_EXP_MIN, BIAS_EXP_MAX = 0, 7
-VTH_MANT_MAX = 2 ** 17 - 1  # 17-bit unsigned; vth_mant << 6 must stay below 2**23
-UV_MAX = 2 ** 23 - 1  # 24-bit signed state (v saturates at +-UV_MAX)
-ACT_SHIFT = 6  # a_in << 6, vth << 6
-BLOCK_OUT_MAX = 2 ** 17 - 1  # current-block outputs are clamped to +-BLOCK_OUT_MAX (a << 6 fits 24 bits)
-DEFAULT_SCALE_EXP = 10  # vth_mant = 2**10
+PROFILES = ("paper",)
+DEFAULT_PROFILE = "paper"  # the profile of files written before the attribute existed
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
@@ -55,9 +51,11 @@ REQUIRED_CONFIG = {"vocab_size": int, "hidden_size": int, "num_hidden_layers": i
                    "intermediate_size": int, "max_position_embeddings": int, "type_vocab_size": int,
                    "max_length": int, "layer_norm_eps": float, "t_conv": int, "vth": float, "neuron": str,
                    "num_labels": int, "problem_type": str, "weights": str}
+POSITIVE_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "max_position_embeddings", "type_vocab_size", "max_length", "t_conv", "num_labels")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(SpikingBertError):
     """The model file is unreadable, foreign, of another schema version, or inconsistent."""
 
 
@@ -172,10 +170,6 @@ class IntegerView:
         return out
 
 
-def population_names(num_layers: int) -> list[str]:
-    return ["embed"] + [f"layer{i}.{p}" for i in range(num_layers) for p in LAYER_POPULATIONS]
-
-
 def graph_layout(cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
     """The expected populations, connections and blocks of a config (dicts, in schedule order).
 
@@ -183,32 +177,20 @@ def graph_layout(cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
     key, value, context, attn_out, intermediate, output, each from this step's source spikes.
     """
     h, f, n = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_hidden_layers"])
-    pops: list[dict] = [{"name": "embed", "width": h, "depth": 0, "lava_depth": 0, "driver": "embedding",
+    lava_depth = population_depths(n)  # the Lava graph's depths (block latency 0)
+    pops: list[dict] = [{"name": EMBED, "width": h, "depth": 0, "lava_depth": lava_depth[EMBED], "driver": "embedding",
                          "layer": -1}]
     conns: list[dict] = []
-    blocks: list[dict] = [{"name": "embedding", "kind": "embedding", "output": "embed",
+    blocks: list[dict] = [{"name": "embedding", "kind": "embedding", "output": EMBED,
                            "inputs": {"tables": "/embeddings"}}]
-    x, d, ld = "embed", 0, 0  # layer input population, its depth and its Lava depth
+    x, d = EMBED, 0  # layer input population and its depth
     for i in range(n):
         p = f"layer{i}."
-        # Lava depths with block latency 0 (lava_spikingbert.lava.depths): +1 per synapse hop
-        lk = ld + 1
-        lcontext = lk
-        lattn = lcontext + 1
-        linter = lattn + 1
-        lout = linter + 1
-        pops += [
-            {"name": p + "key", "width": h, "depth": d + 1, "lava_depth": lk, "driver": p + "key", "layer": i},
-            {"name": p + "value", "width": h, "depth": d + 1, "lava_depth": lk, "driver": p + "value", "layer": i},
-            {"name": p + "context", "width": h, "depth": d + 2, "lava_depth": lcontext, "driver": p + "attention",
-             "layer": i},
-            {"name": p + "attn_out", "width": h, "depth": d + 3, "lava_depth": lattn, "driver": p + "attn_norm",
-             "layer": i},
-            {"name": p + "intermediate", "width": f, "depth": d + 4, "lava_depth": linter, "driver": p + "gelu",
-             "layer": i},
-            {"name": p + "output", "width": h, "depth": d + 5, "lava_depth": lout, "driver": p + "output_norm",
-             "layer": i},
-        ]
+        drivers = {"key": (p + "key", 1), "value": (p + "value", 1), "context": (p + "attention", 2),
+                   "attn_out": (p + "attn_norm", 3), "intermediate": (p + "gelu", 4), "output": (p + "output_norm", 5)}
+        pops += [{"name": p + name, "width": f if name == "intermediate" else h, "depth": d + step,
+                  "lava_depth": lava_depth[p + name], "driver": driver, "layer": i}
+                 for name, (driver, step) in drivers.items()]
         conns += [
             {"name": p + "query", "source": x, "target": p + "attention", "target_kind": "block", "shape": (h, h)},
             {"name": p + "key", "source": x, "target": p + "key", "target_kind": "neuron", "shape": (h, h)},
@@ -230,7 +212,7 @@ def graph_layout(cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
             {"name": p + "output_norm", "kind": "residual_layernorm", "output": p + "output",
              "inputs": {"synapse": p + "output", "residual": p + "attn_out"}},
         ]
-        x, d, ld = p + "output", d + 5, lout
+        x, d = p + "output", d + 5
     for k, pop in enumerate(pops):
         pop["schedule_index"] = k
     return pops, conns, blocks
@@ -254,6 +236,7 @@ class ModelFile:
     tokenizer_files: dict[str, bytes] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    profile: str = DEFAULT_PROFILE
     path: str | None = None
 
     # ------------------------------------------------------------------ convenience
@@ -263,7 +246,12 @@ class ModelFile:
 
     @property
     def quantized(self) -> bool:
-        return self.precision in QUANTIZED
+        return self.precision in QUANTIZED_MODES
+
+    @property
+    def mask_negative(self) -> float:
+        """The additive attention-mask value of a padded key the model was exported with."""
+        return float(self.blocks["layer0.attention"].attrs["mask_negative"])
 
     @property
     def scale_exp(self) -> int | None:
@@ -288,40 +276,6 @@ class ModelFile:
         return IntegerView(scale_exp=int(self.quantization["scale_exp"]), vth_mant=int(self.quantization["vth_mant"]),
                            vth=float(self.config["vth"]), synapses=syn)
 
-    def to_lava_params(self):
-        """The float ``lava_spikingbert.lava.params.LavaModelParams`` (quantized weights as floats)."""
-        from lava_spikingbert.lava.params import (EmbeddingParams, LavaModelParams, LayerParams, LinearParams,
-                                                  NormParams)
-
-        cfg = self.config
-
-        def lin(name: str) -> LinearParams:
-            c = self.connections[name]
-            return LinearParams(c.weight, c.bias)
-
-        def norm(name: str) -> NormParams:
-            b = self.blocks[name]
-            return NormParams(b.arrays["gamma"], b.arrays["beta"])
-
-        layers = []
-        for i in range(self.num_layers):
-            p = f"layer{i}."
-            layers.append(LayerParams(query=lin(p + "query"), key=lin(p + "key"), value=lin(p + "value"),
-                                      attn_out=lin(p + "attn_out"), attn_norm=norm(p + "attn_norm"),
-                                      intermediate=lin(p + "intermediate"), output=lin(p + "output"),
-                                      output_norm=norm(p + "output_norm")))
-        e = self.embeddings
-        emb = EmbeddingParams(word=e["word"], position=e["position"], token_type=e["token_type"],
-                              norm=NormParams(e["gamma"], e["beta"]))
-        return LavaModelParams(
-            hidden_size=int(cfg["hidden_size"]), num_attention_heads=int(cfg["num_attention_heads"]),
-            intermediate_size=int(cfg["intermediate_size"]), num_hidden_layers=int(cfg["num_hidden_layers"]),
-            vth=float(cfg["vth"]), neuron=str(cfg["neuron"]), t_conv=int(cfg["t_conv"]),
-            layer_norm_eps=float(cfg["layer_norm_eps"]), layers=layers,
-            classifier=LinearParams(self.classifier_weight, self.classifier_bias),
-            num_labels=int(cfg["num_labels"]), problem_type=str(cfg["problem_type"]),
-            max_length=int(cfg["max_length"]), embeddings=emb)
-
     def write_tokenizer(self, directory: str | os.PathLike) -> Path:
         """Write the stored tokenizer files into ``directory`` (for ``AutoTokenizer.from_pretrained``)."""
         if not self.tokenizer_files:
@@ -331,14 +285,6 @@ class ModelFile:
         for name, data in self.tokenizer_files.items():
             (d / name).write_bytes(data)
         return d
-
-    def load_tokenizer(self):
-        """A ``transformers`` tokenizer from the stored files (imports transformers lazily)."""
-        from transformers import AutoTokenizer
-
-        with tempfile.TemporaryDirectory(prefix="spikingbert-tok-") as tmp:
-            self.write_tokenizer(tmp)
-            return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -357,29 +303,18 @@ def _set_attrs(obj, attrs: dict[str, Any]) -> None:
 def write_model_file(path: str | os.PathLike, mf: ModelFile) -> Path:
     """Write ``mf`` to ``path`` atomically (a temporary sibling replaced in one rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write(f, mf)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+        _write(f, mf)
     mf.path = str(path)
     return path
 
 
 def _write(f: h5py.File, mf: ModelFile) -> None:
-    quant = mf.precision in QUANTIZED
+    quant = mf.precision in QUANTIZED_MODES
     f.attrs["format"] = FORMAT
     f.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
     f.attrs["precision"] = mf.precision
+    f.attrs["profile"] = mf.profile
     g = f.create_group("config")
     g.attrs["json"] = json.dumps(mf.config, sort_keys=True)
     for k, v in mf.config.items():
@@ -547,6 +482,29 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 
 
 def _read(r: _Reader) -> ModelFile:
+    """The whole file, section by section; each step validates what it reads."""
+    version, precision, profile = _read_header(r)
+    cfg = _read_config(r, precision)
+    provenance = _read_provenance(r)
+    tokenizer_files = _read_tokenizer(r)
+    embeddings = _read_embeddings(r, cfg)
+    quantization = _read_quantization(r, precision)
+    pops_l, conns_l, blocks_l = graph_layout(cfg)
+    n = cfg["num_hidden_layers"]
+    populations = _read_populations(r, pops_l, quantization.get("vth_mant"), n)
+    connections = _read_connections(r, conns_l, precision, quantization, float(cfg["vth"]), n)
+    blocks = _read_blocks(r, blocks_l, cfg)
+    h, labels = cfg["hidden_size"], cfg["num_labels"]
+    return ModelFile(precision=precision, config=cfg, embeddings=embeddings, populations=populations,
+                     connections=connections, blocks=blocks,
+                     classifier_weight=r.dataset("/classifier/weight", np.float32, (labels, h), finite=True),
+                     classifier_bias=r.dataset("/classifier/bias", np.float32, (labels,), finite=True),
+                     quantization=quantization, tokenizer_files=tokenizer_files, provenance=provenance,
+                     schema_version=version, profile=profile)
+
+
+def _read_header(r: _Reader) -> tuple[int, str, str]:
+    """(schema version, precision, profile) from the root attributes."""
     f = r.f
     fmt = f.attrs.get("format")
     if isinstance(fmt, bytes):
@@ -560,13 +518,16 @@ def _read(r: _Reader) -> ModelFile:
         r.fail("/ attribute 'schema_version'",
                f"schema version {version} ({newer} than this reader); this reader supports version {SCHEMA_VERSION}")
     precision = r.attr(f, "precision", str)
-    if precision not in PRECISIONS:
-        r.fail("/ attribute 'precision'", f"must be one of {PRECISIONS}, got {precision!r}")
-    quant = precision in QUANTIZED
+    if precision not in WEIGHT_MODES:
+        r.fail("/ attribute 'precision'", f"must be one of {WEIGHT_MODES}, got {precision!r}")
+    profile = r.attr(f, "profile", str, required=False, default=DEFAULT_PROFILE)
+    if profile not in PROFILES:
+        r.fail("/ attribute 'profile'", f"must be one of {PROFILES}, got {profile!r}")
+    return version, precision, profile
 
-    # config
-    cg = r.group("/config")
-    cfg = r.json_attr(cg, "json")
+
+def _read_config(r: _Reader, precision: str) -> dict[str, Any]:
+    cfg = r.json_attr(r.group("/config"), "json")
     if not isinstance(cfg, dict):
         r.fail("/config attribute 'json'", "must be a JSON object")
     for key, kind in REQUIRED_CONFIG.items():
@@ -575,8 +536,7 @@ def _read(r: _Reader) -> ModelFile:
             isinstance(v, (int, float)) and not isinstance(v, bool)
         if not ok:
             r.fail(f"/config field '{key}'", f"missing or not a {kind.__name__} (got {v!r})")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size", "max_length", "t_conv", "num_labels"):
+    for key in POSITIVE_CONFIG:
         if cfg[key] <= 0:
             r.fail(f"/config field '{key}'", f"must be positive, got {cfg[key]}")
     if cfg["hidden_size"] % cfg["num_attention_heads"]:
@@ -587,52 +547,63 @@ def _read(r: _Reader) -> ModelFile:
         r.fail("/config field 'vth'", f"must be a positive finite number, got {cfg['vth']!r}")
     if cfg["weights"] != precision:
         r.fail("/config field 'weights'", f"{cfg['weights']!r} differs from the file precision {precision!r}")
-    h, n = cfg["hidden_size"], cfg["num_hidden_layers"]
-    vth = float(cfg["vth"])
+    return cfg
 
+
+def _read_provenance(r: _Reader) -> dict[str, Any]:
     prov = r.json_attr(r.group("/provenance"), "json")
+    return prov if isinstance(prov, dict) else {"value": prov}
 
-    # tokenizer
-    tg = r.group("/tokenizer")
-    files = r.json_attr(tg, "files")
-    tok: dict[str, bytes] = {}
-    for name in files:
-        tok[name] = r.dataset(f"/tokenizer/{name}", np.uint8).tobytes()
 
-    # embeddings
-    emb = {"word": r.dataset("/embeddings/word", np.float32, (cfg["vocab_size"], h), finite=True),
-           "position": r.dataset("/embeddings/position", np.float32, (cfg["max_position_embeddings"], h), finite=True),
-           "token_type": r.dataset("/embeddings/token_type", np.float32, (cfg["type_vocab_size"], h), finite=True),
-           "gamma": r.dataset("/embeddings/norm/gamma", np.float32, (h,), finite=True),
-           "beta": r.dataset("/embeddings/norm/beta", np.float32, (h,), finite=True)}
+def _read_tokenizer(r: _Reader) -> dict[str, bytes]:
+    files = r.json_attr(r.group("/tokenizer"), "files")
+    return {name: r.dataset(f"/tokenizer/{name}", np.uint8).tobytes() for name in files}
 
-    # quantization
+
+def _read_embeddings(r: _Reader, cfg: dict) -> dict[str, np.ndarray]:
+    h = cfg["hidden_size"]
+    return {"word": r.dataset("/embeddings/word", np.float32, (cfg["vocab_size"], h), finite=True),
+            "position": r.dataset("/embeddings/position", np.float32, (cfg["max_position_embeddings"], h),
+                                  finite=True),
+            "token_type": r.dataset("/embeddings/token_type", np.float32, (cfg["type_vocab_size"], h), finite=True),
+            "gamma": r.dataset("/embeddings/norm/gamma", np.float32, (h,), finite=True),
+            "beta": r.dataset("/embeddings/norm/beta", np.float32, (h,), finite=True)}
+
+
+def _read_quantization(r: _Reader, precision: str) -> dict[str, Any]:
     qg = r.group("/quantization")
     quantization: dict[str, Any] = {"mode": r.attr(qg, "mode", str)}
     if quantization["mode"] != precision:
         r.fail("/quantization attribute 'mode'", f"{quantization['mode']!r} differs from precision {precision!r}")
-    vth_mant = None
-    if quant:
-        p = r.attr(qg, "scale_exp", int)
-        vth_mant = r.attr(qg, "vth_mant", int)
-        if vth_mant != 2 ** p:
-            r.fail("/quantization attribute 'vth_mant'", f"{vth_mant} != 2**scale_exp = {2 ** p}")
-        if not 1 <= vth_mant <= VTH_MANT_MAX or (vth_mant << ACT_SHIFT) >= 2 ** 23:
-            r.fail("/quantization attribute 'vth_mant'",
-                   f"{vth_mant} outside the 17-bit threshold range (vth_mant << 6 must be < 2**23)")
-        quantization.update({"scale_exp": p, "vth_mant": vth_mant,
-                             "current_unit": r.attr(qg, "current_unit", float),
-                             "membrane_lsb": r.attr(qg, "membrane_lsb", float),
-                             "rounding": r.attr(qg, "rounding", str),
-                             "block_output_max": r.attr(qg, "block_output_max", int),
-                             "weight_exp_range_assumed": r.attr(qg, "weight_exp_range_assumed", str, False, None)})
+    if precision not in QUANTIZED_MODES:
+        return quantization
+    p = r.attr(qg, "scale_exp", int)
+    vth_mant = r.attr(qg, "vth_mant", int)
+    if vth_mant != 2 ** p:
+        r.fail("/quantization attribute 'vth_mant'", f"{vth_mant} != 2**scale_exp = {2 ** p}")
+    if not 1 <= vth_mant <= VTH_MANT_MAX or (vth_mant << ACT_SHIFT) >= 2 ** 23:
+        r.fail("/quantization attribute 'vth_mant'",
+               f"{vth_mant} outside the 17-bit threshold range (vth_mant << 6 must be < 2**23)")
+    quantization.update({"scale_exp": p, "vth_mant": vth_mant,
+                         "current_unit": r.attr(qg, "current_unit", float),
+                         "membrane_lsb": r.attr(qg, "membrane_lsb", float),
+                         "rounding": r.attr(qg, "rounding", str),
+                         "block_output_max": r.attr(qg, "block_output_max", int),
+                         "weight_exp_range_assumed": r.attr(qg, "weight_exp_range_assumed", str, False, None)})
+    return quantization
 
-    pops_l, conns_l, blocks_l = graph_layout(cfg)
 
-    # populations
+def _reject_unexpected(r: _Reader, group: str, found: dict, num_layers: int) -> None:
+    extra = sorted(set(r.group(group).keys()) - set(found))
+    if extra:
+        r.fail(group, f"unexpected {group.strip('/')} {extra} for {num_layers} layers")
+
+
+def _read_populations(r: _Reader, layout: list[dict], vth_mant: int | None, num_layers: int) -> dict[str, Population]:
+    quant = vth_mant is not None
     r.group("/populations")
     pops: dict[str, Population] = {}
-    for want in pops_l:
+    for want in layout:
         g = r.group(f"/populations/{want['name']}")
         kind = r.attr(g, "kind", str)
         if kind not in NEURON_KINDS:
@@ -650,17 +621,18 @@ def _read(r: _Reader) -> ModelFile:
             name=want["name"], kind=kind, width=width, vth=pv, depth=r.attr(g, "depth", int),
             schedule_index=r.attr(g, "schedule_index", int), lava_depth=r.attr(g, "lava_depth", int),
             driver=r.attr(g, "driver", str), layer=r.attr(g, "layer", int), vth_mant=pm)
-    extra = sorted(set(r.group("/populations").keys()) - set(pops))
-    if extra:
-        r.fail("/populations", f"unexpected populations {extra} for {n} layers")
+    _reject_unexpected(r, "/populations", pops, num_layers)
+    return pops
 
-    # connections
+
+def _read_connections(r: _Reader, layout: list[dict], precision: str, quantization: dict, vth: float,
+                      num_layers: int) -> dict[str, Connection]:
     r.group("/connections")
     conns: dict[str, Connection] = {}
-    for want in conns_l:
+    for want in layout:
         name = want["name"]
-        g = r.group(f"/connections/{name}")
         base = f"/connections/{name}"
+        g = r.group(base)
         for key in ("source", "target", "target_kind"):
             v = r.attr(g, key, str)
             if v != want[key]:
@@ -668,99 +640,106 @@ def _read(r: _Reader) -> ModelFile:
         mode = r.attr(g, "mode", str)
         if mode != precision:
             r.fail(f"{base} attribute 'mode'", f"{mode!r} differs from precision {precision!r}")
-        shape = want["shape"]
-        bias = r.dataset(f"{base}/bias", np.float32, (shape[0],), finite=True)
-        if not quant:
-            w = r.dataset(f"{base}/weight", np.float32, shape, finite=True)
-            conns[name] = Connection(name=name, source=want["source"], target=want["target"],
-                                     target_kind=want["target_kind"], weight=w, bias=bias, mode=mode)
-            continue
-        mant = r.dataset(f"{base}/weight_mant", np.int16, shape)
-        sign_mode = r.attr(g, "sign_mode", str)
-        if sign_mode not in SIGN_MODES:
-            r.fail(f"{base} attribute 'sign_mode'", f"must be one of {SIGN_MODES}, got {sign_mode!r}")
-        lo, hi = MANT_RANGE[sign_mode]
-        if mant.size and (int(mant.min()) < lo or int(mant.max()) > hi):
-            r.fail(f"{base}/weight_mant", f"values in [{int(mant.min())}, {int(mant.max())}] outside the "
-                                          f"{sign_mode} range [{lo}, {hi}]")
-        if sign_mode == "mixed" and np.any(mant % 2):
-            r.fail(f"{base}/weight_mant", "odd values in a mixed-sign matrix (Lava keeps only even mantissas)")
-        detected = _sign_mode(mant)
-        if detected != sign_mode:
-            r.fail(f"{base} attribute 'sign_mode'", f"{sign_mode!r} but the mantissas are {detected}")
-        e = r.attr(g, "exponent", int)
-        wexp = r.attr(g, "weight_exp", int)
-        if wexp != e + quantization["scale_exp"]:
-            r.fail(f"{base} attribute 'weight_exp'", f"{wexp} != exponent + scale_exp = {e + quantization['scale_exp']}")
-        scale = r.attr(g, "scale", float)
-        if scale != float(np.float32(2.0 ** e * vth)):
-            r.fail(f"{base} attribute 'scale'", f"{scale!r} != float32(2**exponent * vth)")
-        bias_mant = r.dataset(f"{base}/bias_mant", np.int16, (shape[0],), required=want["target_kind"] == "neuron")
-        bias_exp = None
-        if bias_mant is not None:
-            if bias_mant.size and (int(bias_mant.min()) < BIAS_MANT_MIN or int(bias_mant.max()) > BIAS_MANT_MAX):
-                r.fail(f"{base}/bias_mant", f"values outside the 13-bit range [{BIAS_MANT_MIN}, {BIAS_MANT_MAX}]")
-            bias_exp = r.attr(g, "bias_exp", int)
-            if not BIAS_EXP_MIN <= bias_exp <= BIAS_EXP_MAX:
-                r.fail(f"{base} attribute 'bias_exp'", f"{bias_exp} outside [{BIAS_EXP_MIN}, {BIAS_EXP_MAX}]")
-        w = mant.astype(np.float32) * np.float32(scale)
-        conns[name] = Connection(name=name, source=want["source"], target=want["target"],
-                                 target_kind=want["target_kind"], weight=w, bias=bias, mode=mode,
-                                 weight_mant=mant, exponent=e, weight_exp=wexp, sign_mode=sign_mode, scale=scale,
-                                 alpha=r.attr(g, "alpha", float, False), alpha_raw=r.attr(g, "alpha_raw", float, False),
-                                 bias_mant=bias_mant, bias_exp=bias_exp,
-                                 bias_clipped=r.attr(g, "bias_clipped", int, False, 0))
-    extra = sorted(set(r.group("/connections").keys()) - set(conns))
-    if extra:
-        r.fail("/connections", f"unexpected connections {extra} for {n} layers")
+        bias = r.dataset(f"{base}/bias", np.float32, (want["shape"][0],), finite=True)
+        ends = dict(name=name, source=want["source"], target=want["target"], target_kind=want["target_kind"],
+                    bias=bias, mode=mode)
+        if precision in QUANTIZED_MODES:
+            conns[name] = _read_integer_connection(r, g, want, quantization["scale_exp"], vth, ends)
+        else:
+            conns[name] = Connection(weight=r.dataset(f"{base}/weight", np.float32, want["shape"], finite=True),
+                                     **ends)
+    _reject_unexpected(r, "/connections", conns, num_layers)
+    return conns
 
-    # blocks
+
+def _read_integer_connection(r: _Reader, g, want: dict, scale_exp: int, vth: float, ends: dict) -> Connection:
+    """A quantized connection: Loihi mantissas within their sign mode's range, exponents, neuron biases."""
+    base, shape = g.name, want["shape"]
+    mant = r.dataset(f"{base}/weight_mant", np.int16, shape)
+    sign_mode = r.attr(g, "sign_mode", str)
+    if sign_mode not in SIGN_MODES:
+        r.fail(f"{base} attribute 'sign_mode'", f"must be one of {SIGN_MODES}, got {sign_mode!r}")
+    lo, hi = MANT_RANGE[sign_mode]
+    if mant.size and (int(mant.min()) < lo or int(mant.max()) > hi):
+        r.fail(f"{base}/weight_mant", f"values in [{int(mant.min())}, {int(mant.max())}] outside the "
+                                      f"{sign_mode} range [{lo}, {hi}]")
+    if sign_mode == "mixed" and np.any(mant % 2):
+        r.fail(f"{base}/weight_mant", "odd values in a mixed-sign matrix (Lava keeps only even mantissas)")
+    detected = sign_mode_of(mant)
+    if detected != sign_mode:
+        r.fail(f"{base} attribute 'sign_mode'", f"{sign_mode!r} but the mantissas are {detected}")
+    e = r.attr(g, "exponent", int)
+    wexp = r.attr(g, "weight_exp", int)
+    if wexp != e + scale_exp:
+        r.fail(f"{base} attribute 'weight_exp'", f"{wexp} != exponent + scale_exp = {e + scale_exp}")
+    scale = r.attr(g, "scale", float)
+    if scale != float(np.float32(2.0 ** e * vth)):
+        r.fail(f"{base} attribute 'scale'", f"{scale!r} != float32(2**exponent * vth)")
+    bias_mant = r.dataset(f"{base}/bias_mant", np.int16, (shape[0],), required=want["target_kind"] == "neuron")
+    bias_exp = None
+    if bias_mant is not None:
+        if bias_mant.size and (int(bias_mant.min()) < BIAS_MANT_MIN or int(bias_mant.max()) > BIAS_MANT_MAX):
+            r.fail(f"{base}/bias_mant", f"values outside the 13-bit range [{BIAS_MANT_MIN}, {BIAS_MANT_MAX}]")
+        bias_exp = r.attr(g, "bias_exp", int)
+        if not BIAS_EXP_MIN <= bias_exp <= BIAS_EXP_MAX:
+            r.fail(f"{base} attribute 'bias_exp'", f"{bias_exp} outside [{BIAS_EXP_MIN}, {BIAS_EXP_MAX}]")
+    return Connection(weight=mant.astype(np.float32) * np.float32(scale), weight_mant=mant, exponent=e,
+                      weight_exp=wexp, sign_mode=sign_mode, scale=scale,
+                      alpha=r.attr(g, "alpha", float, False), alpha_raw=r.attr(g, "alpha_raw", float, False),
+                      bias_mant=bias_mant, bias_exp=bias_exp, bias_clipped=r.attr(g, "bias_clipped", int, False, 0),
+                      **ends)
+
+
+# ---- one reader per block kind: (reader, group, config) -> (attrs, arrays)
+def _read_attention_block(r: _Reader, g, cfg: dict) -> tuple[dict, dict]:
+    attrs = {"num_heads": r.attr(g, "num_heads", int), "head_size": r.attr(g, "head_size", int)}
+    if attrs["num_heads"] != cfg["num_attention_heads"] or attrs["num_heads"] * attrs["head_size"] != cfg["hidden_size"]:
+        r.fail(f"{g.name} attribute 'num_heads'", "inconsistent with /config")
+    attrs["score_scale"] = r.attr(g, "score_scale", float)
+    attrs["mask_negative"] = r.attr(g, "mask_negative", float)
+    return attrs, {}
+
+
+def _read_residual_layernorm_block(r: _Reader, g, cfg: dict) -> tuple[dict, dict]:
+    h = cfg["hidden_size"]
+    return {"eps": r.attr(g, "eps", float)}, {"gamma": r.dataset(f"{g.name}/gamma", np.float32, (h,), finite=True),
+                                              "beta": r.dataset(f"{g.name}/beta", np.float32, (h,), finite=True)}
+
+
+def _read_gelu_block(r: _Reader, g, cfg: dict) -> tuple[dict, dict]:
+    form = r.attr(g, "form", str)
+    if form != "erf":
+        r.fail(f"{g.name} attribute 'form'", f"only 'erf' is supported, got {form!r}")
+    return {"form": form}, {}
+
+
+def _read_embedding_block(r: _Reader, g, cfg: dict) -> tuple[dict, dict]:
+    return {"eps": r.attr(g, "eps", float)}, {}
+
+
+BLOCK_READERS: dict[str, Callable[[_Reader, Any, dict], tuple[dict, dict]]] = {
+    "attention": _read_attention_block, "residual_layernorm": _read_residual_layernorm_block,
+    "gelu": _read_gelu_block, "embedding": _read_embedding_block}
+
+
+def _read_blocks(r: _Reader, layout: list[dict], cfg: dict) -> dict[str, Block]:
     r.group("/blocks")
     blocks: dict[str, Block] = {}
-    for want in blocks_l:
+    for want in layout:
         base = f"/blocks/{want['name']}"
         g = r.group(base)
-        kind = r.attr(g, "kind", str)
-        if kind != want["kind"]:
-            r.fail(f"{base} attribute 'kind'", f"{kind!r}, expected {want['kind']!r}")
-        out = r.attr(g, "output", str)
-        if out != want["output"]:
-            r.fail(f"{base} attribute 'output'", f"{out!r}, expected {want['output']!r}")
-        inputs = r.json_attr(g, "inputs")
-        if inputs != want["inputs"]:
-            r.fail(f"{base} attribute 'inputs'", f"{inputs!r}, expected {want['inputs']!r}")
-        attrs: dict[str, Any] = {}
-        arrays: dict[str, np.ndarray] = {}
-        if kind == "attention":
-            attrs["num_heads"] = r.attr(g, "num_heads", int)
-            attrs["head_size"] = r.attr(g, "head_size", int)
-            if attrs["num_heads"] != cfg["num_attention_heads"] or attrs["num_heads"] * attrs["head_size"] != h:
-                r.fail(f"{base} attribute 'num_heads'", "inconsistent with /config")
-            attrs["score_scale"] = r.attr(g, "score_scale", float)
-            attrs["mask_negative"] = r.attr(g, "mask_negative", float)
-        elif kind == "residual_layernorm":
-            attrs["eps"] = r.attr(g, "eps", float)
-            arrays["gamma"] = r.dataset(f"{base}/gamma", np.float32, (h,), finite=True)
-            arrays["beta"] = r.dataset(f"{base}/beta", np.float32, (h,), finite=True)
-        elif kind == "gelu":
-            attrs["form"] = r.attr(g, "form", str)
-            if attrs["form"] != "erf":
-                r.fail(f"{base} attribute 'form'", f"only 'erf' is supported, got {attrs['form']!r}")
-        elif kind == "embedding":
-            attrs["eps"] = r.attr(g, "eps", float)
-        blocks[want["name"]] = Block(name=want["name"], kind=kind, output=out, inputs=inputs, attrs=attrs,
-                                     arrays=arrays)
-
-    # classifier
-    cw = r.dataset("/classifier/weight", np.float32, (cfg["num_labels"], h), finite=True)
-    cb = r.dataset("/classifier/bias", np.float32, (cfg["num_labels"],), finite=True)
-    return ModelFile(precision=precision, config=cfg, embeddings=emb, populations=pops, connections=conns,
-                     blocks=blocks, classifier_weight=cw, classifier_bias=cb, quantization=quantization,
-                     tokenizer_files=tok, provenance=prov if isinstance(prov, dict) else {"value": prov},
-                     schema_version=version)
+        for key, value in (("kind", r.attr(g, "kind", str)), ("output", r.attr(g, "output", str)),
+                           ("inputs", r.json_attr(g, "inputs"))):
+            if value != want[key]:
+                r.fail(f"{base} attribute '{key}'", f"{value!r}, expected {want[key]!r}")
+        attrs, arrays = BLOCK_READERS[want["kind"]](r, g, cfg)
+        blocks[want["name"]] = Block(name=want["name"], kind=want["kind"], output=want["output"],
+                                     inputs=want["inputs"], attrs=attrs, arrays=arrays)
+    return blocks
 
 
-def _sign_mode(mant: np.ndarray) -> str:
+def sign_mode_of(mant: np.ndarray) -> str:
+    """Lava's ``determine_sign_mode`` of a mantissa matrix."""
     if mant.size == 0 or int(mant.min()) >= 0:
         return "excitatory"
     if int(mant.max()) <= 0:

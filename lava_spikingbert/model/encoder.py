@@ -32,22 +32,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lava_spikingbert.config import SpikingBertConfig
-from lava_spikingbert.equilibrium import attach_implicit_adjoint, straight_through
-from lava_spikingbert.neurons import heaviside, make_neuron, surrogate_spike
-
-LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
-MASK_NEGATIVE = -10000.0  # additive attention mask; exp() of it is exactly 0 in float32/float64
-
-
-def population_names(num_layers: int) -> list[str]:
-    """All populations in update order: ``embed``, then ``layer{i}.{key,...,output}``."""
-    return ["embed"] + [f"layer{i}.{p}" for i in range(num_layers) for p in LAYER_POPULATIONS]
+from lava_spikingbert.contract.constants import EMBED, MASK_NEGATIVE, output_population
+from lava_spikingbert.model.checkpoint import load_weights, read_config, save_model
+from lava_spikingbert.model.config import SpikingBertConfig
+from lava_spikingbert.model.equilibrium import attach_implicit_adjoint, straight_through
+from lava_spikingbert.model.neurons import heaviside, make_neuron, surrogate_spike
+from lava_spikingbert.model.quantizers import attach_weight_quantizers, int8_codes
 
 
 def hidden_tap_names(num_layers: int) -> list[str]:
     """The populations distilled against the teacher's hidden states (embeddings + layer outputs)."""
-    return ["embed"] + [f"layer{i}.output" for i in range(num_layers)]
+    return [EMBED] + [f"layer{i}.output" for i in range(num_layers)]
 
 
 class SynapseLinear(nn.Linear):
@@ -58,9 +53,8 @@ class SynapseLinear(nn.Linear):
     ``W x + b`` as an int8 x int8 -> int32 matrix product of the spikes and the weight codes,
     then ``b + step * acc``. The integer sum is exact, so this is the same map as ``F.linear``
     on ``Q(W)`` up to the rounding of the float accumulation (identical when the float sum is
-    exact too). On an
-    AVX-512 VNNI Xeon the int8 product alone is about twice as fast as the fp32 one; with the
-    int32 -> float epilogue a whole simulation gains 1.1-1.3x (docs/RESULTS.md, issue 3).
+    exact too). On CPUs with int8 dot-product instructions (AVX-512 VNNI) the integer product is
+    faster than the fp32 one (measured in docs/RESULTS.md, issue 3).
     """
 
     weight_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -87,13 +81,11 @@ class SynapseLinear(nn.Linear):
 
     def int8_weight(self) -> tuple[torch.Tensor, float] | None:
         """(int8 codes as an ``in x out`` view, step) of the quantized weight, cached until it changes."""
-        from lava_spikingbert.quantizers import int8_codes
-
         _, iw, derived = self._quantized()
         if "int8" not in derived:
             op = int8_codes(iw)
-            # the transposed view of the row-major (out x in) codes: oneDNN's int8 kernel runs
-            # about twice as fast with this operand column-major
+            # the transposed view of the row-major (out x in) codes: oneDNN's int8 kernel is
+            # faster with this operand column-major
             derived["int8"] = None if op is None else (op[0].contiguous().t(), op[1])
         return derived["int8"]
 
@@ -117,7 +109,7 @@ class SynapseLinear(nn.Linear):
 
 
 # Per-thread simulation state, so that several threads can simulate batches with one model at
-# once (``lava_spikingbert.inference.predict_batches``): the synapses this thread feeds with spikes,
+# once (``lava_spikingbert.model.inference.predict_batches``): the synapses this thread feeds with spikes,
 # and the last spike tensor converted to int8 (query, key and value read the same spikes; the
 # tensor itself is held, so an identity + version match cannot be a recycled address).
 _local = threading.local()
@@ -159,7 +151,7 @@ class SharedDropout:
     steady-state map, so the spiking values and their gradients come from the same network
     (the reference code draws new masks per step and per surrogate pass)."""
 
-    def __init__(self, enabled: bool, generator: torch.Generator | None = None) -> None:
+    def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.masks: dict[tuple, torch.Tensor] = {}
 
@@ -253,6 +245,24 @@ class SpikingEncoderLayer(nn.Module):
         return self.output_norm(dropout(f"out{self.index}", self.output(x_intermediate), self.hidden_p, 3)
                                 + x_attn_out)
 
+    def run_populations(self, x_in: torch.Tensor, activate: Callable[[str, torch.Tensor], torch.Tensor],
+                        mask_bias: torch.Tensor, dropout: SharedDropout, query_positions: slice | None,
+                        on_scores: Callable[[torch.Tensor], None]) -> torch.Tensor:
+        """The layer's six populations in update order: each population's current from its sources'
+        activity, turned into its own activity by ``activate(name, current)`` (spikes in the
+        simulation, rates in the steady-state map); ``on_scores`` receives the attention scores.
+        Returns the output population's activity."""
+        p = f"layer{self.index}."
+        a_k = activate(p + "key", self.key_current(x_in))
+        a_v = activate(p + "value", self.value_current(x_in))
+        ctx, scores = self.context_current(x_in, a_k, a_v, mask_bias, dropout, query_positions)
+        on_scores(scores)
+        x_res = x_in if query_positions is None else x_in[..., query_positions, :]
+        a_a = activate(p + "context", ctx)
+        a_1 = activate(p + "attn_out", self.attn_out_current(a_a, x_res, dropout))
+        a_2 = activate(p + "intermediate", self.intermediate_current(a_1))
+        return activate(p + "output", self.output_current(a_2, a_1, dropout))
+
 
 @dataclass
 class Activity:
@@ -305,7 +315,6 @@ class SpikingBert(nn.Module):
         if self.feedback is not None:  # start near the feed-forward model, inside the contractive regime
             nn.init.normal_(self.feedback.weight, std=0.1 * config.initializer_range)
         if config.weights != "fp32":  # quantized synapses (latent fp32 weights, straight-through)
-            from lava_spikingbert.quantizers import attach_weight_quantizers
             attach_weight_quantizers(self, config.weights)
         self.last_adjoint_stats: dict | None = None
 
@@ -435,16 +444,14 @@ class SpikingBert(nn.Module):
             current = expanded = emb_current.expand(n, *emb_current.shape)
             if self.feedback is not None and prev_out is not None:
                 current = current + self.feedback(prev_out)
-            x = fire("embed", current, owned=current is not expanded)
+            x = fire(EMBED, current, owned=current is not expanded)
             for i, layer in enumerate(self.layers):
-                p = f"layer{i}."
-                qpos = slice(0, 1) if (cls_only and i == last) else None
-                s_k = fire(p + "key", layer.key_current(x))
-                s_v = fire(p + "value", layer.value_current(x))
-                ctx, scores = layer.context_current(x, s_k, s_v, bias, dropout, qpos)
-                if record_scores:  # step by step: the same rounding for every chunking
+
+                def add_scores(scores: torch.Tensor, i: int = i) -> None:
+                    if not record_scores:
+                        return
                     acc = score_sums[i]
-                    for t in range(scores.shape[0]):
+                    for t in range(scores.shape[0]):  # step by step: the same rounding for every chunking
                         if acc is None:
                             acc = scores[t].clone()
                         elif in_place:
@@ -452,11 +459,9 @@ class SpikingBert(nn.Module):
                         else:
                             acc = acc + scores[t]
                     score_sums[i] = acc
-                x_res = x if qpos is None else x[..., qpos, :]
-                s_a = fire(p + "context", ctx)
-                s_1 = fire(p + "attn_out", layer.attn_out_current(s_a, x_res, dropout))
-                s_2 = fire(p + "intermediate", layer.intermediate_current(s_1))
-                x = fire(p + "output", layer.output_current(s_2, s_1, dropout))
+
+                x = layer.run_populations(x, fire, bias, dropout, slice(0, 1) if (cls_only and i == last) else None,
+                                          add_scores)
             prev_out = x
         activity = Activity(asr={k: c / T for k, c in counts.items()}, t_conv=T, spike_counts=counts,
                             spike_events=events if neuron.signed else counts)
@@ -502,21 +507,16 @@ class SpikingBert(nn.Module):
         current = emb_current
         if self.feedback is not None and feedback_input is not None:
             current = current + self.feedback(feedback_input)
-        x = settle("embed", current)
+        x = settle(EMBED, current)
         for i, layer in enumerate(self.layers):
-            p = f"layer{i}."
-            qpos = slice(0, 1) if (cls_only and i == last) else None
-            a_k = settle(p + "key", layer.key_current(x))
-            a_v = settle(p + "value", layer.value_current(x))
-            ctx, scores = layer.context_current(x, a_k, a_v, bias, dropout, qpos)
-            if join and equilibrium is not None and equilibrium.attention_scores:
-                scores = straight_through(equilibrium.attention_scores[i], scores)
-            out.attention_scores.append(scores)
-            x_res = x if qpos is None else x[..., qpos, :]
-            a_a = settle(p + "context", ctx)
-            a_1 = settle(p + "attn_out", layer.attn_out_current(a_a, x_res, dropout))
-            a_2 = settle(p + "intermediate", layer.intermediate_current(a_1))
-            x = settle(p + "output", layer.output_current(a_2, a_1, dropout))
+
+            def keep_scores(scores: torch.Tensor, i: int = i) -> None:
+                if join and equilibrium is not None and equilibrium.attention_scores:
+                    scores = straight_through(equilibrium.attention_scores[i], scores)
+                out.attention_scores.append(scores)
+
+            x = layer.run_populations(x, settle, bias, dropout, slice(0, 1) if (cls_only and i == last) else None,
+                                      keep_scores)
         return out
 
     def fixed_point(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, *, max_iter: int = 100,
@@ -526,7 +526,7 @@ class SpikingBert(nn.Module):
         Differentiable (autograd unrolls the iterations): the brute-force check of the implicit
         adjoint. Raises if the iteration has not converged after ``max_iter`` steps.
         """
-        name = f"layer{len(self.layers) - 1}.output"
+        name = output_population(len(self.layers))
         z = torch.zeros_like(emb_current)
         change = float("inf")
         for _ in range(max_iter):
@@ -544,7 +544,7 @@ class SpikingBert(nn.Module):
         """Simulated values with steady-state gradients; the IFT adjoint when there is feedback."""
         if self.feedback is None:
             return self.steady_state(emb_current, attention_mask, equilibrium=sim, dropout=dropout)
-        name = f"layer{len(self.layers) - 1}.output"
+        name = output_population(len(self.layers))
         z_star = sim.asr[name].detach().requires_grad_(torch.is_grad_enabled())
         first = self.steady_state(emb_current, attention_mask, equilibrium=sim, dropout=dropout,
                                   feedback_input=z_star)
@@ -556,7 +556,7 @@ class SpikingBert(nn.Module):
     # ------------------------------------------------------------------ full forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
-                t_conv: int | None = None, mode: str | None = None, **_: object) -> SpikingBertOutput:
+                t_conv: int | None = None, mode: str | None = None) -> SpikingBertOutput:
         """``mode``: "equilibrium" (training default: simulate without autograd, gradients from
         the steady-state map), "simulate" (inference default), "steady_state" (the rate ANN
         alone) or "bptt" (surrogate-gradient backprop through time; the memory baseline)."""
@@ -584,7 +584,7 @@ class SpikingBert(nn.Module):
 
     def head(self, activity: Activity, labels: torch.Tensor | None = None) -> SpikingBertOutput:
         n = len(self.layers)
-        cls_asr = activity.asr[f"layer{n - 1}.output"][:, 0]
+        cls_asr = activity.asr[output_population(n)][:, 0]
         logits = self.classifier(cls_asr)  # the reference's ReLU is a no-op on an ASR in [0, 1]
         hidden = [activity.asr[name] for name in hidden_tap_names(n)]
         projected = [self.fit_dense(h) for h in hidden] if self.fit_dense is not None else None
@@ -606,18 +606,20 @@ class SpikingBert(nn.Module):
         emb = self.embedding_current(input_ids, token_type_ids)
         activity = self.simulate(emb, attention_mask, t_conv, record_scores=False, cls_only=True,
                                  integer_synapses=integer_synapses)
-        return self.classifier(activity.asr[f"layer{len(self.layers) - 1}.output"][:, 0])
+        return self.classifier(activity.asr[output_population(len(self.layers))][:, 0])
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically into the directory ``path``."""
-        from lava_spikingbert.checkpoint import save_model
         return save_model(self, path)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> "SpikingBert":
-        from lava_spikingbert.checkpoint import load_model
-        return load_model(path, **overrides)
+    def from_pretrained(cls, path: str | Path, **config_overrides) -> "SpikingBert":
+        """Load a checkpoint directory in eval mode; ``config_overrides`` change run-time fields such
+        as ``t_conv``."""
+        model = cls(read_config(path, **config_overrides))
+        load_weights(model, path)
+        return model.eval()
 
     def synapses(self) -> Iterable[tuple[str, SynapseLinear]]:
         for name, module in self.named_modules():

@@ -1,4 +1,7 @@
-"""HF-style checkpoint directories: ``config.json`` + ``model.safetensors`` (+ files added by callers)."""
+"""HF-style checkpoint directories: ``config.json`` + ``model.safetensors`` (+ files added by callers).
+
+The functions take the model duck-typed (``config``, ``state_dict``, ``load_state_dict``), so the
+encoder builds on them (``SpikingBert.save_pretrained`` / ``from_pretrained``) without a cycle."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lava_spikingbert.config import ConfigError, SpikingBertConfig
-from lava_spikingbert.fileio import atomic_directory
+from lava_spikingbert.contract.atomic import atomic_directory
+from lava_spikingbert.model.config import ConfigError, SpikingBertConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -30,18 +33,19 @@ def save_model(model, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, **config_overrides):
-    """Load a checkpoint directory; ``config_overrides`` change run-time fields such as ``t_conv``."""
-    from lava_spikingbert.encoder import SpikingBert
-
+def read_config(path: str | Path, **config_overrides) -> SpikingBertConfig:
+    """The checkpoint directory's config, with run-time fields (e.g. ``t_conv``) overridden."""
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: not a checkpoint directory")
     config = SpikingBertConfig.load(path / CONFIG_NAME)
-    if config_overrides:
-        config = config.replace(**config_overrides)
-    model = SpikingBert(config)
-    weights = path / WEIGHTS_NAME
+    return config.replace(**config_overrides) if config_overrides else config
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load the directory's weights into ``model`` (built from its config); every tensor must match
+    and be finite."""
+    weights = Path(path) / WEIGHTS_NAME
     try:
         state = load_file(str(weights))
     except FileNotFoundError:
@@ -55,5 +59,3 @@ def load_model(path: str | Path, **config_overrides):
     for name, tensor in state.items():
         if not torch.isfinite(tensor).all():
             raise ConfigError(f"{weights}: tensor '{name}' holds non-finite values")
-    model.eval()
-    return model

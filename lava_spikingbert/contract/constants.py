@@ -1,0 +1,52 @@
+"""The facts every layer shares: population and synapse names, neuron kinds, weight modes, the
+attention mask value and the Loihi 2 fixed-point limits. Each is written here once; the torch
+model, the exporter, the fixed-point reference and the Lava runtime import them from here.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------ the graph
+EMBED = "embed"  # the embedding population (driven by the embedding current)
+# the six integrate-and-fire populations of one encoder layer, in update order
+LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "output")
+# the token-wise synapses of one encoder layer (query feeds the attention block, the others a population or block)
+LAYER_SYNAPSES = ("query", "key", "value", "attn_out", "intermediate", "output")
+
+
+def population_names(num_layers: int) -> list[str]:
+    """All populations in update order: ``embed``, then ``layer{i}.{key,...,output}``."""
+    return [EMBED] + [f"layer{i}.{p}" for i in range(num_layers) for p in LAYER_POPULATIONS]
+
+
+def output_population(num_layers: int) -> str:
+    """The population whose [CLS] rate the classifier reads: the last layer's output."""
+    return f"layer{num_layers - 1}.output"
+
+
+# ------------------------------------------------------------------------------ neurons
+NEURON_KINDS = ("if_subtract", "lif_reset_zero", "if_signed_pair")
+# neuron kinds whose unit is an on and an off neuron (spikes -1/0/1), and those that reset by
+# subtraction (no stock Loihi 2 model)
+SIGNED_NEURONS = ("if_signed_pair",)
+SUBTRACTIVE_NEURONS = ("if_subtract", "if_signed_pair")
+
+# ------------------------------------------------------------------------------ weights
+WEIGHT_MODES = ("fp32", "int8", "ternary", "binary")  # also the model file's precisions
+QUANTIZED_MODES = ("int8", "ternary", "binary")
+SIGN_MODES = ("mixed", "excitatory", "inhibitory")
+
+# additive attention-mask value of a padded key; exp() of it is exactly 0 in float32/float64.
+# The model file records the value it was exported with, and its readers use the file's value.
+MASK_NEGATIVE = -10000.0
+
+# ------------------------------------------------------------------------------ Loihi 2 fixed point
+# (lava-nc 0.10.0; docs/fixed_point.md)
+# Lava Dense weight mantissas per sign mode (lava.utils.weightutils: 8 bits; MIXED keeps even values only)
+MANT_RANGE = {"mixed": (-256, 254), "excitatory": (0, 255), "inhibitory": (-255, 0)}
+BIAS_MANT_MIN, BIAS_MANT_MAX = -4096, 4095  # 13-bit signed
+BIAS_EXP_MIN, BIAS_EXP_MAX = 0, 7
+VTH_MANT_MAX = 2 ** 17 - 1  # 17-bit unsigned; vth_mant << 6 must stay below 2**23
+UV_MAX = 2 ** 23 - 1  # 24-bit signed state (v saturates at +-UV_MAX)
+ACT_SHIFT = 6  # a_in << 6, vth << 6
+BLOCK_OUT_MAX = 2 ** 17 - 1  # current-block outputs are clamped to +-BLOCK_OUT_MAX (a << 6 fits 24 bits)
+DEFAULT_SCALE_EXP = 10  # vth_mant = 2**10
