@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from hw_export.export import export_model
 from lava_spikingbert.model.config import SpikingBertConfig
 from lava_spikingbert.model.encoder import SpikingBert
 
+QUANT = ("int8", "ternary", "binary")
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_length=12, max_position_embeddings=16, t_conv=16, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0)
@@ -63,3 +64,16 @@ def model():
 @pytest.fixture
 def batch():
     return tiny_batch()
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """A tiny checkpoint and its model files of every precision."""
+    d = tmp_path_factory.mktemp("export")
+    model = tiny_model()
+    model.save_pretrained(d / "tiny")
+    out = {}
+    for prec in ("fp32", *QUANT):
+        export_model(d / "tiny", prec, d / f"tiny_{prec}.h5")
+        out[prec] = d / f"tiny_{prec}.h5"
+    return d, out

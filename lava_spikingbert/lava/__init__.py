@@ -1,5 +1,6 @@
 """The Lava runtime: runs a model file on Intel Lava (lava-nc). Imports the contract, Lava and
-numpy; never torch (``sim_tests/lava/test_torch_free.py`` runs an evaluation with torch blocked).
+numpy; never torch (``sim_tests/lava/test_lava_fixed.py`` runs ``spikingbert lava`` with torch
+unimportable).
 
 * ``params``   -- :class:`LavaModelParams`, the plain-numpy parameter bundle the graph is built
   from (``params_from_file``: a model file's float weights);

@@ -5,19 +5,15 @@ from __future__ import annotations
 import h5py
 import pytest
 
-from hw_export.export import export_model
 from lava_spikingbert.contract.atomic import atomic_file
 from lava_spikingbert.contract.constants import LAYER_POPULATIONS, output_population, population_names
 from lava_spikingbert.contract.depths import population_depths
 from lava_spikingbert.contract.model_file import DEFAULT_PROFILE, ModelFileError, read_model_file
-from conftest import tiny_model
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("contract") / "tiny.h5"
-    export_model(tiny_model(), "fp32", path)
-    return path
+@pytest.fixture
+def model_file(files):
+    return files[1]["fp32"]
 
 
 def test_profile_is_written_defaulted_and_validated(model_file, tmp_path):
