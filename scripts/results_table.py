@@ -36,37 +36,30 @@ HEADER = ("| claim (SST-2 dev, 872 sentences) | measured | target | met? | measu
 
 # ---------------------------------------------------------------- formats
 
-def pct(x: float) -> str:
-    """A fraction as a percentage with two decimals: 0.83256... -> '83.26%'."""
-    return f"{100 * x:.2f}%"
+def _fmt(spec: str, scale: float = 1.0, suffix: str = "") -> ty.Callable[[float], str]:
+    """A formatter: ``x * scale`` through the format ``spec``, then ``suffix``."""
+    return lambda x: format(x * scale, spec) + suffix
 
 
-def pct0(x: float) -> str:
-    """A fraction as a whole percentage: 1.0 -> '100%'."""
-    return f"{100 * x:.0f}%"
+def _clock(x: float, hours: bool) -> str:
+    """Seconds as '[H h ]M min S s': 3133.91 -> '52 min 14 s', 6635 (hours) -> '1 h 50 min 35 s'."""
+    m, s = divmod(int(round(x)), 60)
+    if not hours:
+        return f"{m} min {s} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min {s} s"
 
 
-def pct1(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def num(x: float) -> str:
-    """As stored (a transcribed percentage or difference): 77.41 -> '77.41'."""
-    return f"{x:g}"
-
-
-def signed(x: float) -> str:
-    return f"{x:+.2f}"
-
-
-def mb(x: float) -> str:
-    """Megabytes, no decimals, thousands separated: 4128.3 -> '4,128'."""
-    return f"{x:,.0f}"
-
-
-def times(x: float) -> str:
-    """A speed-up factor: 10.769 -> '10.77x'."""
-    return f"{x:.2f}x"
+pct = _fmt(".2f", 100, "%")        # a fraction as a percentage: 0.83256 -> '83.26%'
+pct0 = _fmt(".0f", 100, "%")       # 1.0 -> '100%'
+pct1 = _fmt(".1f", 100, "%")       # 0.851 -> '85.1%'
+num = _fmt("g")                    # as stored (a transcribed value): 77.41 -> '77.41'
+signed = _fmt("+.2f")              # a difference in points: -0.11 -> '-0.11'
+mb = _fmt(",.0f")                  # megabytes: 4128.3 -> '4,128'
+times = _fmt(".2f", 1, "x")        # a speed-up: 10.769 -> '10.77x'
+minutes = _fmt(".0f", 1 / 60, " min")    # seconds as whole minutes: 2631 -> '44 min'
+minutes_n = _fmt(".0f", 1 / 60)          # the same, number only
+minutes1 = _fmt(".1f", 1 / 60, " min")   # one decimal: 546.9 -> '9.1 min'
 
 
 def ratio(x: float) -> str:
@@ -74,31 +67,11 @@ def ratio(x: float) -> str:
 
 
 def min_s(x: float) -> str:
-    """Seconds as minutes and seconds: 3133.91 -> '52 min 14 s'."""
-    m, s = divmod(int(round(x)), 60)
-    return f"{m} min {s} s"
+    return _clock(x, hours=False)
 
 
 def h_min_s(x: float) -> str:
-    """Seconds as hours, minutes and seconds: 6635 -> '1 h 50 min 35 s'."""
-    h, rest = divmod(int(round(x)), 3600)
-    m, s = divmod(rest, 60)
-    return f"{h} h {m} min {s} s"
-
-
-def minutes(x: float) -> str:
-    """Seconds as whole minutes: 2631 -> '44 min'."""
-    return f"{x / 60:.0f} min"
-
-
-def minutes_n(x: float) -> str:
-    """Seconds as whole minutes, number only: 3191 -> '53'."""
-    return f"{x / 60:.0f}"
-
-
-def minutes1(x: float) -> str:
-    """Seconds as minutes with one decimal: 546.9 -> '9.1 min'."""
-    return f"{x / 60:.1f} min"
+    return _clock(x, hours=True)
 
 
 # ---------------------------------------------------------------- registry
