@@ -128,8 +128,8 @@ def _lower_edge(spec: GraphSpec, edge: Edge, delay: int, impl: str,
     else:
         if not np.array_equal(weight, np.round(weight)):
             raise ValueError(f'edge {edge.src}->{edge.dst}: fixed point needs integer weights')
-        weight = weight.astype(np.int64)
-    name = f'{edge.src}->{edge.dst}'
+        weight = weight.astype(np.int32)
+    name = f'{edge.src}->{edge.dst}:{edge.kind}'
     L = spec.tokens
     if edge.kind == 'token_mix':
         if src.channels != dst.channels:

@@ -24,9 +24,11 @@ from .builder import LavaNetwork
 from .lowering import lower
 from .models import mixer_spec, random_inputs
 from .reference import Reference
+from .spec import receptive_field
 from .timing import Schedule
 
 TOKENS, D, FFN, BLOCKS, T, WINDOWS = 6, 4, 8, 2, 8, 4
+OPTIONS = {'spmv': True}  # set from the command line
 
 
 def reference_run(graph, schedule, inputs):
@@ -52,7 +54,8 @@ def window_counts(raster, schedule, windows):
 
 def lava_run(graph, schedule, inputs, input_mode='current', record=True):
     net = LavaNetwork(graph, schedule, inputs, input_mode=input_mode,
-                      record=[n.name for n in graph.neurons] if record else ())
+                      record=[n.name for n in graph.neurons] if record else (),
+                      spmv=OPTIONS['spmv'])
     try:
         net.run()
         rasters = {n.name: net.raster(n.name) for n in graph.neurons} if record else {}
@@ -116,6 +119,33 @@ def equivalence_case():
             'conv_vs_sparse_mismatched_spikes': mismatched}
 
 
+def packing_case():
+    """Two sentences in one row of the token axis: with the gap equal to the receptive field
+    each sentence's output counts equal those of a row holding it alone; one position less
+    and they leak (negative control)."""
+    L = 24
+    spec = mixer_spec(L, D, FFN, BLOCKS, signed=True)
+    graph = lower(spec, 'fixed')
+    reach = receptive_field(spec)
+    rng = np.random.default_rng(5)
+    sentences = [rng.integers(-60, 160, size=(n, D)) for n in (6, 7)]
+    result = {'receptive_field': list(reach)}
+    for gap in (max(reach), max(reach) - 1):
+        starts = [reach[0], reach[0] + 6 + gap]
+        rows = []
+        for keep in ((0, 1), (0,), (1,)):
+            x = np.zeros((L, D), dtype=np.int64)
+            for i in keep:
+                x[starts[i]:starts[i] + len(sentences[i])] = sentences[i]
+            rows.append((x[..., None] * np.array([1, -1])).reshape(-1))
+        counts = lava_run(graph, Schedule.for_graph(graph, T), np.array(rows), record=False)[1]
+        counts = counts.reshape(3, L, -1)
+        equal = [np.array_equal(counts[0, s:s + len(e)], counts[1 + i, s:s + len(e)])
+                 for i, (s, e) in enumerate(zip(starts, sentences))]
+        result[f'gap_{gap}_isolated'] = bool(all(equal))
+    return result
+
+
 def timing_case():
     """Pipelined windows (period = T) vs padded windows (period = T + depth) vs one sentence
     per run: identical per-window output counts (Lava, fixed_pt, counts only)."""
@@ -135,9 +165,12 @@ def timing_case():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--binary', action='store_true',
+                        help='synapses take binary spikes (spmv=False, the hardware setting)')
     args = parser.parse_args()
+    OPTIONS['spmv'] = not args.binary
     shm_before = set(os.listdir('/dev/shm'))
-    results = {'fixed': [], 'float': [], 'timing': None}
+    results = {'spmv': OPTIONS['spmv'], 'fixed': [], 'float': []}
     variants = [(s, c, tm, tw, 'current') for s, c, tm, tw in itertools.product(
         (False, True), (False, True), ('sparse', 'conv'), ('sparse',))]
     variants += [(True, False, 'sparse', 'conv', 'current'),
@@ -156,6 +189,8 @@ def main():
               'counts_equal={counts_equal}'.format(**r), flush=True)
     results['equivalence'] = equivalence_case()
     print('equivalence', results['equivalence'], flush=True)
+    results['packing'] = packing_case()
+    print('packing', results['packing'], flush=True)
     results['timing'] = timing_case()
     print('timing', results['timing'])
     leaked = sorted(set(os.listdir('/dev/shm')) - shm_before)
