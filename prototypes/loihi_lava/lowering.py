@@ -29,7 +29,6 @@ from .spec import Edge, GraphSpec, depths, edge_delays
 
 FIXED_DU, FIXED_DV = 4095, 0
 FLOAT_DU, FLOAT_DV = 1.0, 0.0
-PROCESS_KINDS = ('Sparse', 'DelaySparse', 'Conv', 'Dense')
 
 
 @dataclass
@@ -47,7 +46,7 @@ class NeuronParams:
 
 @dataclass
 class SynapseParams:
-    """Parameters of one synapse process (``process`` in PROCESS_KINDS)."""
+    """Parameters of one synapse process: ``process`` is Sparse, DelaySparse, Conv or Dense."""
     name: str
     src: str
     dst: str

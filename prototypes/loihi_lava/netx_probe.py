@@ -2,13 +2,12 @@
 stock ``netx.hdf5.Network`` and compare its spikes with our builder (fixed_pt).
 
 Chain (one block, unsigned, no residual): x0 (L, 1, d) -> depthwise conv over tokens
-(netx 'conv', groups=d) -> flatten -> token-wise d->F (netx 'dense' with the block-diagonal
-matrix, ``sparse_fc_layer=True``) -> token-wise F->d ('dense'). netx layers are fixed_pt only,
-use ``bias_exp=6`` and have no weight exponent in the file (weights are the 8-bit values).
+(netx 'conv', groups=d) -> token-wise d->F and F->d as 1x1 'conv' layers. netx layers are
+fixed_pt only, use ``bias_exp=6`` and have no weight exponent in the file (weights are the
+8-bit values).
 x0 stays a stock LIFReset outside the file: netx's 'input' block leaves its ``inp`` port
 unconnected (it expects bias-encoded input), so a host current cannot enter through it.
-netx's flatten transposes (x, y, c) to (c, y, x) before flattening, so the first dense
-matrix is column-permuted accordingly.
+(A 'flatten' + 'dense' route for the token-wise layers deadlocked in the simulator here.)
 
 Usage: ``python -m prototypes.loihi_lava.netx_probe`` (imports torch via lava-dl: slow).
 """
@@ -17,13 +16,11 @@ import tempfile
 
 import h5py
 import numpy as np
-import scipy.sparse as sps
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
-
-from .builder import LavaNetwork
 from lava.proc.lif.process import LIFReset
 
+from .builder import LavaNetwork
 from .io_procs.boundary import CurrentSource, WindowCounter, allocate_counts
 from .lowering import lower
 from .models import random_inputs
@@ -61,16 +58,13 @@ def write_netx(spec: GraphSpec, path: str) -> None:
         g['groups'] = D
         neuron(g, pops['m1'])
         g['bias'] = pops['m1'].bias
-        layer.create_group('1')['type'] = b'flatten'
-        flat_order = np.arange(L * D).reshape(L, D).T.ravel()  # (c, l) -> our (l, c) index
-        w1 = sps.kron(sps.identity(L), wise1.weight).toarray()[:, flat_order]
-        for i, (w, pop) in enumerate(((w1, 'h1'),
-                                      (np.kron(np.eye(L), wise2.weight), 'o1')), start=2):
+        for i, (edge, pop) in enumerate(((wise1, 'h1'), (wise2, 'o1')), start=1):
             g = layer.create_group(str(i))
-            g['type'], g['shape'] = b'dense', [w.shape[0]]
-            g['weight'] = w
+            g['type'], g['shape'] = b'conv', [edge.weight.shape[0], 1, L]
+            g['weight'] = edge.weight[:, :, None, None]  # 1x1 conv = token-wise linear
+            g['stride'], g['padding'], g['dilation'], g['groups'] = [1, 1], [0, 0], [1, 1], 1
             neuron(g, pops[pop])
-            g['bias'] = np.tile(pops[pop].bias, L)
+            g['bias'] = pops[pop].bias
 
 
 def run_netx(path: str, spec: GraphSpec, inputs: np.ndarray, workdir: str,
@@ -79,7 +73,7 @@ def run_netx(path: str, spec: GraphSpec, inputs: np.ndarray, workdir: str,
     from lava.lib.dl import netx  # imports torch: only here
     x0 = spec.pop('x0')
     net = netx.hdf5.Network(net_config=path, input_shape=(L, 1, D), reset_interval=T,
-                            reset_offset=1, sparse_fc_layer=True)
+                            reset_offset=1)
     lif = LIFReset(shape=(L, 1, D), vth=x0.vth, du=4095, dv=0,
                    bias_mant=np.tile(x0.bias, L).reshape(L, 1, D), bias_exp=x0.bias_exp,
                    reset_interval=T, reset_offset=1)
@@ -91,7 +85,7 @@ def run_netx(path: str, spec: GraphSpec, inputs: np.ndarray, workdir: str,
     rec = WindowCounter(path=out, shape=(L * D,), period=1, length=1, offset=0, windows=steps)
     src.s_out.connect(lif.a_in)
     lif.s_out.connect(net.inp)
-    net.out.connect(rec.s_in)
+    net.out.flatten().connect(rec.s_in)
     try:
         net.run(condition=RunSteps(num_steps=steps),
                 run_cfg=Loihi2SimCfg(select_tag='fixed_pt', select_sub_proc_model=True))

@@ -24,7 +24,7 @@ import typing as ty
 import numpy as np
 
 from .lowering import lower, sign_pattern
-from .ranges import A_IN_MAX, BIAS_MAX, VTH_MAX, WEIGHT_EXP, _worst_case
+from .ranges import A_IN_MAX, BIAS_MAX, VTH_MAX, WEIGHT_EXP, worst_case_sums
 from .spec import GraphSpec
 
 
@@ -42,7 +42,7 @@ def population_scales(spec: GraphSpec, input_max: float,
     graph = lower(spec, 'float')
     worst = {n.name: np.zeros(n.n) for n in graph.neurons}
     for syn in graph.synapses:
-        neg, pos = _worst_case(syn.weights, 0)
+        neg, pos = worst_case_sums(syn.weights, 0)
         if syn.process == 'Conv':
             neg, pos = np.tile(neg, spec.tokens), np.tile(pos, spec.tokens)
         worst[syn.dst] += np.maximum(-neg, pos)
@@ -82,3 +82,40 @@ def to_fixed(spec: GraphSpec, input_max: float,
         exp = min(max(exp, WEIGHT_EXP[0]), WEIGHT_EXP[1])
         e.weight, e.weight_exp = _grid(w / 2.0 ** exp, mixed), exp
     return out, scales
+
+
+def _demo_spec(d: int, ffn: int, signed: bool, seed: int = 0) -> GraphSpec:
+    """A float 2-block mixer at a trained model's scale: vth 1, W ~ N(0, 1/fan_in)."""
+    from .spec import Edge, Population
+    rng = np.random.default_rng(seed)
+    pops = [Population('x0', d, 1.0, bias=rng.normal(0, 0.1, d) * 64, signed=signed)]
+    edges, prev = [], 'x0'
+    for b in (1, 2):
+        pops += [Population(f'{n}{b}', c, 1.0, bias=rng.normal(0, 0.1, c) * 64, signed=signed)
+                 for n, c in (('m', d), ('h', ffn), ('o', d))]
+        edges += [Edge(prev, f'm{b}', 'token_mix', rng.normal(0, 3 ** -0.5, (d, 3))),
+                  Edge(prev, f'm{b}', 'residual', rng.uniform(0.5, 1, d)),
+                  Edge(f'm{b}', f'h{b}', 'token_wise', rng.normal(0, d ** -0.5, (ffn, d))),
+                  Edge(f'h{b}', f'o{b}', 'token_wise', rng.normal(0, ffn ** -0.5, (d, ffn))),
+                  Edge(f'm{b}', f'o{b}', 'residual', rng.uniform(0.5, 1, d))]
+        prev = f'o{b}'
+    return GraphSpec(8, pops, edges, 'x0', prev)
+
+
+def main():
+    """Print the integer mapping of demo float models at the candidate sizes."""
+    from .ranges import check_ranges
+    for d, ffn, signed in ((192, 384, False), (256, 512, False), (256, 1024, False),
+                           (384, 768, True)):
+        fixed, scales = to_fixed(_demo_spec(d, ffn, signed), input_max=4.0)
+        print(f'd={d} F={ffn} signed={signed}')
+        for p in fixed.populations:
+            into = [f'{e.kind}:exp={e.weight_exp},max|w|={int(np.abs(e.weight).max())}'
+                    for e in fixed.edges if e.dst == p.name]
+            print(f'  {p.name:3} scale={int(scales[p.name]):5} vth={p.vth:5} '
+                  f'bias_exp={p.bias_exp}  in: {", ".join(into)}')
+        print('  check_ranges:', check_ranges(fixed) or 'OK')
+
+
+if __name__ == '__main__':
+    main()

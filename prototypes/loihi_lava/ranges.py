@@ -32,7 +32,7 @@ DELAY_MAX = 63
 CONV_GROUPS_MAX = 127
 
 
-def _worst_case(weights, weight_exp: int) -> ty.Tuple[np.ndarray, np.ndarray]:
+def worst_case_sums(weights, weight_exp: int) -> ty.Tuple[np.ndarray, np.ndarray]:
     """Per target neuron: (most negative, most positive) dendritic sum of one step."""
     w = weights if sps.issparse(weights) else np.asarray(weights)
     if not sps.issparse(w) and w.ndim == 4:  # Conv kernel: per output channel
@@ -79,7 +79,7 @@ def check_ranges(spec: GraphSpec, inputs: ty.Optional[np.ndarray] = None) -> ty.
                             f'simulator\'s int8 groups Var (output silently zero)')
         if syn.delay > DELAY_MAX:
             problems.append(f'{where}: delay {syn.delay} > {DELAY_MAX}')
-        neg, pos = _worst_case(syn.weights, syn.weight_exp)
+        neg, pos = worst_case_sums(syn.weights, syn.weight_exp)
         if syn.process == 'Conv':
             L = spec.tokens
             neg, pos = np.tile(neg, L), np.tile(pos, L)
