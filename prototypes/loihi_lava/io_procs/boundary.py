@@ -1,0 +1,176 @@
+"""Boundary Processes and their CPU ProcessModels (floating_pt and fixed_pt).
+
+Everything between these processes is a stock ``lava.proc`` process. Processes and models
+share this one module (as ``lava.proc.io.reset`` does): Lava's compiler loads sibling modules
+by file path, where relative imports fail.
+
+Data moves through ``.npy`` files, not through ``Var.get``/``Var.set``: Lava 0.10 moves a Var
+one element per message (~45 us each), while a memory-mapped file costs nothing per step.
+
+Time convention (shared with ``timing.py``): steps are numbered from 1; window ``i`` of a
+stream with period ``P`` starts at step ``i * P + 1 + offset``.
+"""
+import typing as ty
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort, RefPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+
+class CurrentSource(AbstractProcess):
+    """Sends row ``i`` of a ``(windows, n)`` array as a graded current during the first
+    ``length`` steps of window ``i`` and zeros otherwise.
+
+    Connect ``s_out`` straight to a LIF ``a_in`` (no synapse process, no delay): the
+    fixed-point LIF adds ``value << 6`` to ``u``. The array must be integer for
+    ``fixed_pt`` and float for ``floating_pt``.
+    """
+
+    def __init__(self, *, path: str, shape: ty.Tuple[int], period: int, length: int,
+                 name: ty.Optional[str] = None) -> None:
+        super().__init__(path=path, shape=shape, period=period, length=length, name=name)
+        self.s_out = OutPort(shape=shape)
+
+
+class BiasWriter(AbstractProcess):
+    """Writes row ``i`` of a ``(rows, n)`` array into a Var (a LIF ``bias_mant``) at the
+    end of the step before window ``i`` starts: a per-sentence bias instead of a current.
+
+    Row 0 must already be the Var's initial value; a last row after the final window
+    restores the plain bias. Connect with ``connect_var``.
+    """
+
+    def __init__(self, *, path: str, shape: ty.Tuple[int], period: int,
+                 name: ty.Optional[str] = None) -> None:
+        super().__init__(path=path, shape=shape, period=period, name=name)
+        self.target = RefPort(shape=shape)
+
+    def connect_var(self, var: Var) -> None:
+        """Connect the RefPort to ``var`` (e.g. ``lif.bias_mant``)."""
+        self.target.connect_var(var)
+
+
+class WindowCounter(AbstractProcess):
+    """Counts spikes per neuron and window into a ``(windows, n)`` int32 ``.npy`` file.
+
+    Window ``i`` covers steps ``i * period + offset + 1 .. i * period + offset + length``.
+    With ``period=length=1, offset=0`` it records the full raster (row = step - 1).
+    The file must exist (zeros) before the run; read it after ``run`` returns.
+    """
+
+    def __init__(self, *, path: str, shape: ty.Tuple[int], period: int, length: int,
+                 offset: int, windows: int, name: ty.Optional[str] = None) -> None:
+        super().__init__(path=path, shape=shape, period=period, length=length,
+                         offset=offset, windows=windows, name=name)
+        self.s_in = InPort(shape=shape)
+
+
+def allocate_counts(path: str, windows: int, n: int) -> None:
+    """Create the zero-filled count file a WindowCounter writes into."""
+    np.lib.format.open_memmap(path, mode='w+', dtype=np.int32, shape=(windows, n)).flush()
+
+class _PyCurrentSource(PyLoihiProcessModel):
+    s_out = None
+    dtype = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._data = np.load(proc_params['path'], mmap_mode='r')
+        self._period = proc_params['period']
+        self._length = proc_params['length']
+        self._zeros = np.zeros(proc_params['shape'], self.dtype)
+
+    def run_spk(self):
+        window, phase = divmod(self.time_step - 1, self._period)
+        if window < len(self._data) and phase < self._length:
+            self.s_out.send(np.asarray(self._data[window], self.dtype))
+        else:
+            self.s_out.send(self._zeros)
+
+
+@implements(proc=CurrentSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag('floating_pt')
+class PyCurrentSourceFloat(_PyCurrentSource):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    dtype = np.float64
+
+
+@implements(proc=CurrentSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag('fixed_pt')
+class PyCurrentSourceFixed(_PyCurrentSource):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    dtype = np.int32
+
+
+class _PyBiasWriter(PyLoihiProcessModel):
+    target = None
+    dtype = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._data = np.load(proc_params['path'], mmap_mode='r')
+        self._period = proc_params['period']
+
+    def post_guard(self):
+        window = self.time_step // self._period
+        return self.time_step % self._period == 0 and window < len(self._data)
+
+    def run_post_mgmt(self):
+        self.target.write(np.asarray(self._data[self.time_step // self._period], self.dtype))
+        self.target.wait()
+
+
+@implements(proc=BiasWriter, protocol=LoihiProtocol)
+@requires(CPU)
+@tag('floating_pt')
+class PyBiasWriterFloat(_PyBiasWriter):
+    target: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+    dtype = np.float64
+
+
+@implements(proc=BiasWriter, protocol=LoihiProtocol)
+@requires(CPU)
+@tag('fixed_pt')
+class PyBiasWriterFixed(_PyBiasWriter):
+    target: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=13)
+    dtype = np.int32
+
+
+class _PyWindowCounter(PyLoihiProcessModel):
+    s_in = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._counts = np.load(proc_params['path'], mmap_mode='r+')
+        self._period = proc_params['period']
+        self._length = proc_params['length']
+        self._offset = proc_params['offset']
+
+    def run_spk(self):
+        spikes = self.s_in.recv()
+        window, phase = divmod(self.time_step - 1 - self._offset, self._period)
+        if 0 <= window < len(self._counts) and phase < self._length:
+            self._counts[window] += spikes.astype(np.int32)
+
+
+@implements(proc=WindowCounter, protocol=LoihiProtocol)
+@requires(CPU)
+@tag('floating_pt')
+class PyWindowCounterFloat(_PyWindowCounter):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+
+
+@implements(proc=WindowCounter, protocol=LoihiProtocol)
+@requires(CPU)
+@tag('fixed_pt')
+class PyWindowCounterFixed(_PyWindowCounter):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
