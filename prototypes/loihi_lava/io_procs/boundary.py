@@ -95,22 +95,6 @@ class _PyCurrentSource(PyLoihiProcessModel):
             self.s_out.send(self._zeros)
 
 
-@implements(proc=CurrentSource, protocol=LoihiProtocol)
-@requires(CPU)
-@tag('floating_pt')
-class PyCurrentSourceFloat(_PyCurrentSource):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    dtype = np.float64
-
-
-@implements(proc=CurrentSource, protocol=LoihiProtocol)
-@requires(CPU)
-@tag('fixed_pt')
-class PyCurrentSourceFixed(_PyCurrentSource):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    dtype = np.int32
-
-
 class _PyBiasWriter(PyLoihiProcessModel):
     target = None
     dtype = None
@@ -127,22 +111,6 @@ class _PyBiasWriter(PyLoihiProcessModel):
     def run_post_mgmt(self):
         self.target.write(np.asarray(self._data[self.time_step // self._period], self.dtype))
         self.target.wait()
-
-
-@implements(proc=BiasWriter, protocol=LoihiProtocol)
-@requires(CPU)
-@tag('floating_pt')
-class PyBiasWriterFloat(_PyBiasWriter):
-    target: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
-    dtype = np.float64
-
-
-@implements(proc=BiasWriter, protocol=LoihiProtocol)
-@requires(CPU)
-@tag('fixed_pt')
-class PyBiasWriterFixed(_PyBiasWriter):
-    target: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=13)
-    dtype = np.int32
 
 
 class _PyWindowCounter(PyLoihiProcessModel):
@@ -162,15 +130,23 @@ class _PyWindowCounter(PyLoihiProcessModel):
             self._counts[window] += spikes.astype(np.int32)
 
 
-@implements(proc=WindowCounter, protocol=LoihiProtocol)
-@requires(CPU)
-@tag('floating_pt')
-class PyWindowCounterFloat(_PyWindowCounter):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+def _float_and_fixed(proc, base, port: str, port_kind, fixed_precision: int) -> tuple:
+    """The floating_pt and fixed_pt CPU models of ``proc``: ``base`` with its ``port`` typed as
+    float, or as int32 of ``fixed_precision`` bits (the two differ in nothing else)."""
+    models = []
+    for tag_name, suffix, dtype, py_type in (
+            ('floating_pt', 'Float', np.float64, LavaPyType(port_kind, float)),
+            ('fixed_pt', 'Fixed', np.int32, LavaPyType(port_kind, np.int32, precision=fixed_precision))):
+        cls = type('Py' + base.__name__.removeprefix('_Py') + suffix, (base,),
+                   {port: py_type, 'dtype': dtype, '__module__': __name__,
+                    '__annotations__': {port: type(py_type)}})
+        models.append(implements(proc=proc, protocol=LoihiProtocol)(requires(CPU)(tag(tag_name)(cls))))
+    return tuple(models)
 
 
-@implements(proc=WindowCounter, protocol=LoihiProtocol)
-@requires(CPU)
-@tag('fixed_pt')
-class PyWindowCounterFixed(_PyWindowCounter):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+PyCurrentSourceFloat, PyCurrentSourceFixed = _float_and_fixed(
+    CurrentSource, _PyCurrentSource, 's_out', PyOutPort.VEC_DENSE, 24)
+PyBiasWriterFloat, PyBiasWriterFixed = _float_and_fixed(
+    BiasWriter, _PyBiasWriter, 'target', PyRefPort.VEC_DENSE, 13)
+PyWindowCounterFloat, PyWindowCounterFixed = _float_and_fixed(
+    WindowCounter, _PyWindowCounter, 's_in', PyInPort.VEC_DENSE, 24)
