@@ -76,15 +76,24 @@ def allocate_counts(path: str, windows: int, n: int) -> None:
     """Create the zero-filled count file a WindowCounter writes into."""
     np.lib.format.open_memmap(path, mode='w+', dtype=np.int32, shape=(windows, n)).flush()
 
-class _PyCurrentSource(PyLoihiProcessModel):
-    s_out = None
+
+class _PyFileModel(PyLoihiProcessModel):
+    """A boundary model whose data lives in the ``.npy`` file ``path``, windows of ``period`` steps."""
+    mmap_mode = 'r'
     dtype = None
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self._data = np.load(proc_params['path'], mmap_mode='r')
+        self._data = np.load(proc_params['path'], mmap_mode=self.mmap_mode)
         self._period = proc_params['period']
-        self._length = proc_params['length']
+        self._length = proc_params.get('length')
+
+
+class _PyCurrentSource(_PyFileModel):
+    s_out = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
         self._zeros = np.zeros(proc_params['shape'], self.dtype)
 
     def run_spk(self):
@@ -95,14 +104,8 @@ class _PyCurrentSource(PyLoihiProcessModel):
             self.s_out.send(self._zeros)
 
 
-class _PyBiasWriter(PyLoihiProcessModel):
+class _PyBiasWriter(_PyFileModel):
     target = None
-    dtype = None
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self._data = np.load(proc_params['path'], mmap_mode='r')
-        self._period = proc_params['period']
 
     def post_guard(self):
         window = self.time_step // self._period
@@ -113,21 +116,19 @@ class _PyBiasWriter(PyLoihiProcessModel):
         self.target.wait()
 
 
-class _PyWindowCounter(PyLoihiProcessModel):
+class _PyWindowCounter(_PyFileModel):
     s_in = None
+    mmap_mode = 'r+'  # the counts are written into the file
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self._counts = np.load(proc_params['path'], mmap_mode='r+')
-        self._period = proc_params['period']
-        self._length = proc_params['length']
         self._offset = proc_params['offset']
 
     def run_spk(self):
         spikes = self.s_in.recv()
         window, phase = divmod(self.time_step - 1 - self._offset, self._period)
-        if 0 <= window < len(self._counts) and phase < self._length:
-            self._counts[window] += spikes.astype(np.int32)
+        if 0 <= window < len(self._data) and phase < self._length:
+            self._data[window] += spikes.astype(np.int32)
 
 
 def _float_and_fixed(proc, base, port: str, port_kind, fixed_precision: int) -> tuple:
