@@ -18,6 +18,16 @@ def population_names(num_layers: int) -> list[str]:
     return [EMBED] + [f"layer{i}.{p}" for i in range(num_layers) for p in LAYER_POPULATIONS]
 
 
+# the loihi profile (stock Lava processes only): three populations per mixer layer, in update
+# order: the token mixer's output, the channel mixer's hidden population, and the layer's output
+MIXER_LAYER_POPULATIONS = ("mix", "hidden", "out")
+
+
+def mixer_population_names(num_layers: int) -> list[str]:
+    """All populations of a loihi-profile model in update order: ``embed``, then ``layer{i}.{mix,hidden,out}``."""
+    return [EMBED] + [f"layer{i}.{p}" for i in range(num_layers) for p in MIXER_LAYER_POPULATIONS]
+
+
 def output_population(num_layers: int) -> str:
     """The population whose [CLS] rate the classifier reads: the last layer's output."""
     return f"layer{num_layers - 1}.output"
