@@ -13,19 +13,15 @@ LAYER_POPULATIONS = ("key", "value", "context", "attn_out", "intermediate", "out
 LAYER_SYNAPSES = ("query", "key", "value", "attn_out", "intermediate", "output")
 
 
-def population_names(num_layers: int) -> list[str]:
-    """All populations in update order: ``embed``, then ``layer{i}.{key,...,output}``."""
-    return [EMBED] + [f"layer{i}.{p}" for i in range(num_layers) for p in LAYER_POPULATIONS]
+def population_names(num_layers: int, layer_populations: tuple[str, ...] = LAYER_POPULATIONS) -> list[str]:
+    """All populations in update order: ``embed``, then ``layer{i}.{p}`` for each of the layer's
+    populations (the paper profile's ``key, ..., output`` unless ``layer_populations`` says otherwise)."""
+    return [EMBED] + [f"layer{i}.{p}" for i in range(num_layers) for p in layer_populations]
 
 
 # the loihi profile (stock Lava processes only): three populations per mixer layer, in update
 # order: the token mixer's output, the channel mixer's hidden population, and the layer's output
 MIXER_LAYER_POPULATIONS = ("mix", "hidden", "out")
-
-
-def mixer_population_names(num_layers: int) -> list[str]:
-    """All populations of a loihi-profile model in update order: ``embed``, then ``layer{i}.{mix,hidden,out}``."""
-    return [EMBED] + [f"layer{i}.{p}" for i in range(num_layers) for p in MIXER_LAYER_POPULATIONS]
 
 
 def output_population(num_layers: int) -> str:

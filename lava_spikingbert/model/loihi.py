@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lava_spikingbert.contract.constants import MIXER_LAYER_POPULATIONS, WEIGHT_MODES, mixer_population_names
+from lava_spikingbert.contract.constants import MIXER_LAYER_POPULATIONS, WEIGHT_MODES, population_names
 from lava_spikingbert.model.config import ConfigError
 from lava_spikingbert.model.equilibrium import straight_through
 from lava_spikingbert.model.neurons import LIFResetZero
@@ -141,7 +141,7 @@ class LoihiConfig:
         return self.hidden_size + self.num_layers * (2 * self.hidden_size + self.intermediate_size)
 
     def population_names(self) -> list[str]:
-        return mixer_population_names(self.num_layers)
+        return population_names(self.num_layers, MIXER_LAYER_POPULATIONS)
 
     def tap_names(self) -> list[str]:
         """Populations distilled against the teacher's hidden states (embedding + layer outputs)."""
