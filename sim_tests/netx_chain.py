@@ -6,14 +6,19 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from lava.lib.dl.netx import hdf5
-from lava.magma.core.run_conditions import RunSteps
-from lava.magma.core.run_configs import Loihi2SimCfg
-from lava.proc.dense.process import Dense
-from lava.proc.io.sink import RingBuffer as Sink
-from lava.proc.io.source import RingBuffer as Source
-from lava.proc.lif.process import LIF
-from lava.proc.monitor.process import Monitor
+
+from lava_spikingbert.lava.lava_import import import_lava_runtime
+
+import_lava_runtime()  # before any Lava import: Lava fixes the multiprocessing start method on import
+
+from lava.lib.dl.netx import hdf5  # noqa: E402
+from lava.magma.core.run_conditions import RunSteps  # noqa: E402
+from lava.magma.core.run_configs import Loihi2SimCfg  # noqa: E402
+from lava.proc.dense.process import Dense  # noqa: E402
+from lava.proc.io.sink import RingBuffer as Sink  # noqa: E402
+from lava.proc.io.source import RingBuffer as Source  # noqa: E402
+from lava.proc.lif.process import LIF  # noqa: E402
+from lava.proc.monitor.process import Monitor  # noqa: E402
 
 from hw_export.netx_head import HeadChain
 from lava_spikingbert.lava.runner import ChildGuard, import_lava_runtime, shutdown, wait_for_run
