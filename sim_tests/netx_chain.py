@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from lava_spikingbert.lava.lava_import import import_lava_runtime
+from hw_export.netx_head import HeadChain
+from lava_spikingbert.lava.runner import ChildGuard, import_lava_runtime, shutdown, wait_for_run
 
 import_lava_runtime()  # before any Lava import: Lava fixes the multiprocessing start method on import
 
@@ -19,9 +20,6 @@ from lava.proc.io.sink import RingBuffer as Sink  # noqa: E402
 from lava.proc.io.source import RingBuffer as Source  # noqa: E402
 from lava.proc.lif.process import LIF  # noqa: E402
 from lava.proc.monitor.process import Monitor  # noqa: E402
-
-from hw_export.netx_head import HeadChain
-from lava_spikingbert.lava.runner import ChildGuard, import_lava_runtime, shutdown, wait_for_run
 
 
 def _run(source_proc, neuron, spikes: np.ndarray, extra_steps: int = 1, timeout: float | None = 600.0):
