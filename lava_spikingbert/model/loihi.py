@@ -54,7 +54,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lava_spikingbert.contract.constants import MIXER_LAYER_POPULATIONS, WEIGHT_MODES, population_names
+from lava_spikingbert.contract.atomic import atomic_write_text
 from lava_spikingbert.model.config import ConfigError
+from lava_spikingbert.model.encoder import NO_DROPOUT, SharedDropout
 from lava_spikingbert.model.equilibrium import straight_through
 from lava_spikingbert.model.neurons import LIFResetZero
 from lava_spikingbert.model.quantizers import make_quantizer
@@ -160,7 +162,7 @@ class LoihiConfig:
 
     def save(self, path: str | Path) -> None:
         payload = {"model_type": "spikingbert", "profile": "loihi", **self.to_dict()}
-        Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "LoihiConfig":
@@ -189,28 +191,6 @@ class LoihiOutput:
     projected: list[torch.Tensor] | None = None  # the taps through the per-tap projections to teacher width
 
 
-class _Dropout:
-    """Dropout masks drawn once per forward pass and reused at every time step and in the
-    steady-state map, so spiking values and their gradients come from the same network."""
-
-    def __init__(self, p: float, enabled: bool) -> None:
-        self.p = p if enabled else 0.0
-        self.masks: dict[str, torch.Tensor] = {}
-
-    def __call__(self, site: str, x: torch.Tensor) -> torch.Tensor:
-        if self.p <= 0.0:
-            return x
-        mask = self.masks.get(site)
-        if mask is None:  # one mask per sentence position and channel; broadcast over time
-            shape = x.shape[-3:]
-            mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p) / (1 - self.p)
-            self.masks[site] = mask
-        return x * mask
-
-
-_NO_DROPOUT = _Dropout(0.0, False)
-
-
 class MixerLayer(nn.Module):
     """The synapses of one layer: token mixing (depthwise Conv), FFN (two Dense), residual (diagonal)."""
 
@@ -229,6 +209,7 @@ class MixerLayer(nn.Module):
             self.mix_weight.normal_(0.0, 0.5 / math.sqrt(k))
             centre = k - 1 if self.mixing == "causal" else (k - 1) // 2
             self.mix_weight[:, 0, centre] += 1.0
+        self.dropout_p = config.dropout
         self.weight_fn: Callable[[torch.Tensor], torch.Tensor] = lambda w: w
 
     def mix_current(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,11 +221,11 @@ class MixerLayer(nn.Module):
         y = F.conv1d(y, self.weight_fn(self.mix_weight), self.mix_bias, groups=d)
         return y.transpose(1, 2).reshape(*lead, L, d)
 
-    def hidden_current(self, s_mix: torch.Tensor, dropout: _Dropout = _NO_DROPOUT) -> torch.Tensor:
-        return F.linear(dropout("fc1", s_mix), self.weight_fn(self.fc1.weight), self.fc1.bias)
+    def hidden_current(self, s_mix: torch.Tensor, dropout: SharedDropout = NO_DROPOUT) -> torch.Tensor:
+        return F.linear(dropout("fc1", s_mix, self.dropout_p, 3), self.weight_fn(self.fc1.weight), self.fc1.bias)
 
-    def out_current(self, s_hidden: torch.Tensor, s_mix: torch.Tensor, dropout: _Dropout = _NO_DROPOUT) -> torch.Tensor:
-        return (F.linear(dropout("fc2", s_hidden), self.weight_fn(self.fc2.weight), self.fc2.bias)
+    def out_current(self, s_hidden: torch.Tensor, s_mix: torch.Tensor, dropout: SharedDropout = NO_DROPOUT) -> torch.Tensor:
+        return (F.linear(dropout("fc2", s_hidden, self.dropout_p, 3), self.weight_fn(self.fc2.weight), self.fc2.bias)
                 + self.weight_fn(self.res_weight) * s_mix)
 
     @torch.no_grad()
@@ -343,17 +324,17 @@ class LoihiSpikingMixer(nn.Module):
                 F.pad(token_type_ids, pad))
 
     def input_current(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      token_type_ids: torch.Tensor, dropout: _Dropout = _NO_DROPOUT) -> torch.Tensor:
+                      token_type_ids: torch.Tensor, dropout: SharedDropout = NO_DROPOUT) -> torch.Tensor:
         """Host side: the constant per-token input current of ``embed`` (zero at padded positions)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
              + self.token_type_embeddings(token_type_ids))
-        current = self.input_map(dropout("embed", self.embed_norm(x)))
+        current = self.input_map(dropout("embed", self.embed_norm(x), self.config.dropout, 3))
         return current * attention_mask[..., None].to(current.dtype)
 
     # ------------------------------------------------------------------ the network's equations
     def propagate(self, current: torch.Tensor, settle: Callable[[str, torch.Tensor], torch.Tensor],
-                  dropout: _Dropout = _NO_DROPOUT) -> torch.Tensor:
+                  dropout: SharedDropout = NO_DROPOUT) -> torch.Tensor:
         """Drive every population in update order; ``settle(name, current)`` returns its output
         (spikes over a time chunk in the simulation, rates in the steady-state map)."""
         x = settle("embed", current)
@@ -371,7 +352,7 @@ class LoihiSpikingMixer(nn.Module):
         return smooth
 
     @torch.no_grad()
-    def simulate(self, current: torch.Tensor, t_conv: int | None = None, *, dropout: _Dropout = _NO_DROPOUT,
+    def simulate(self, current: torch.Tensor, t_conv: int | None = None, *, dropout: SharedDropout = NO_DROPOUT,
                  chunk_steps: int | None = None) -> LoihiActivity:
         """The spiking network: ``t_conv`` steps of every population driven by ``current``
         (``B x L x d``, constant in time); returns ASRs and spike counts per population.
@@ -407,7 +388,7 @@ class LoihiSpikingMixer(nn.Module):
         return LoihiActivity(asr={k: c / T for k, c in counts.items()}, spike_counts=counts, t_conv=T)
 
     def steady_state(self, current: torch.Tensor, *, equilibrium: LoihiActivity | None = None,
-                     dropout: _Dropout = _NO_DROPOUT) -> LoihiActivity:
+                     dropout: SharedDropout = NO_DROPOUT) -> LoihiActivity:
         """The steady-state map ``a = g(F(a_in))`` over all populations (differentiable).
 
         Without ``equilibrium``: the rate ANN. With a simulation result: every population's value
@@ -443,7 +424,7 @@ class LoihiSpikingMixer(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         ids, mask, types = self.fit_inputs(input_ids, attention_mask, token_type_ids)
-        dropout = _Dropout(self.config.dropout, self.training)
+        dropout = SharedDropout(self.training)  # one mask per position and channel, reused at every step
         current = self.input_current(ids, mask, types, dropout)
         if mode == "simulate":
             activity = self.simulate(current.detach(), t_conv, dropout=dropout)
