@@ -75,6 +75,8 @@ MODES = ("simulate", "equilibrium", "rate")
 # the synapse weights that carry spikes (quantized in int8 mode); biases, the host-side input map,
 # the classifier and the distillation projections stay full precision
 SPIKING_WEIGHTS = ("mix_weight", "fc1.weight", "fc2.weight", "res_weight")
+# the host-side embedding parameters (copied from the teacher; trained with a smaller step)
+HOST_EMBEDDINGS = ("word_embeddings.", "position_embeddings.", "token_type_embeddings.", "embed_norm.")
 
 
 class LoihiConfigError(ConfigError):
@@ -457,6 +459,15 @@ class LoihiSpikingMixer(nn.Module):
         m = attention_mask[..., None].to(last.dtype)
         pooled = (last * m).sum(-2) / m.sum(-2).clamp_min(1.0)
         return self.classifier(pooled)
+
+    @torch.no_grad()
+    def predict_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       token_type_ids: torch.Tensor | None = None, t_conv: int | None = None,
+                       integer_synapses: bool = True) -> torch.Tensor:
+        """Logits of the spiking simulation (the interface ``model.inference.predict_batches`` uses).
+        ``integer_synapses`` is accepted for that interface; the synapses here multiply 0/1 spikes
+        with the (int8-grid) weights directly."""
+        return self.forward(input_ids, attention_mask, token_type_ids, mode="simulate", t_conv=t_conv).logits
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, mode: str | None = None,
