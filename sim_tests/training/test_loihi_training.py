@@ -110,3 +110,23 @@ def test_pipeline_loihi_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     with pytest.raises(ValueError, match=r"1-general was completed with other settings .*profile: 'loihi' -> 'paper'"):
         run_pipeline("sst2", out, profile="paper", **{**run, "eval_t": (4,)})
     assert result["student_dir"] == out / "student"
+
+
+def test_embed_lr_gives_the_host_embeddings_their_own_rate(setup):
+    from lava_spikingbert.model.loihi import HOST_EMBEDDINGS
+    from training.common import make_optimizer
+
+    teacher, tok, spec, train, dev = setup
+    student = new_loihi_student(teacher, train)
+    opt = make_optimizer(student, 1e-3, 0.01, embed_lr=1e-4, embed_prefixes=HOST_EMBEDDINGS)
+    by_lr = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            by_lr[id(p)] = (group["lr"], group["weight_decay"])
+    for name, p in student.named_parameters():
+        expected = 1e-4 if name.startswith(HOST_EMBEDDINGS) else 1e-3
+        assert by_lr[id(p)][0] == expected, name
+    assert by_lr[id(student.word_embeddings.weight)] == (1e-4, 0.0)
+    assert by_lr[id(student.layers[0].fc1.weight)] == (1e-3, 0.01)
+    # without embed_lr every parameter keeps the base rate
+    assert {g["lr"] for g in make_optimizer(student, 1e-3, 0.01).param_groups} == {1e-3}
