@@ -39,10 +39,12 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from lava_spikingbert.contract.atomic import atomic_directory, atomic_write_json, recover_directory
 from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.run_lock import locks_directory
 from training.batching import EncodedDataset, encode, length_bucketed_batches
 from training.common import (improves, linear_schedule, make_optimizer, refuse_other_settings, rng_state, seed_all,
                              set_rng_state)
 from training.readers import Example, load_glue
+from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
 from training.tasks import TaskSpec, compute_metrics, get_task
 
 __all__ = [
@@ -64,7 +66,9 @@ logger = logging.getLogger(__name__)
 SCORES_ATTN = "spikingbert_scores"
 DEFAULT_LR = 1e-4
 STATE_DIR = "training_state"
-STATE_FILE = "state.pt"
+STATE_FILE = "state.safetensors"  # training.safe_state: safetensors + JSON, no pickle
+LEGACY_STATE_FILE = "state.pt"  # the pickled state of earlier versions: never loaded
+STATE_KEYS = ("model", "optimizer", "scheduler", "run", "rng", "hparams")
 METRICS_FILE = "teacher_metrics.json"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -321,20 +325,23 @@ def _save_hf_atomic(model, tokenizer, out_dir: Path) -> None:
 
 
 def _save_state(out_dir: Path, state: dict) -> None:
-    d = out_dir / STATE_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{STATE_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, d / STATE_FILE)
+    save_state(out_dir / STATE_DIR / STATE_FILE, state)  # atomic
+
+
+def _has_state(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a training state (of this or an earlier version); reads nothing."""
+    return any((out_dir / STATE_DIR / name).is_file() for name in (STATE_FILE, LEGACY_STATE_FILE))
 
 
 def _load_state(out_dir: Path) -> dict | None:
+    refuse_pickled_state(out_dir / STATE_DIR / LEGACY_STATE_FILE, "Start over with --overwrite.")
     p = out_dir / STATE_DIR / STATE_FILE
     if not p.is_file():
         return None
-    return torch.load(p, map_location="cpu", weights_only=False)  # our own file (holds RNG states)
+    return require_keys(load_state(p), STATE_KEYS, p)
 
 
+@locks_directory("out_dir")  # one run per output directory
 def finetune_teacher(
     task: str | TaskSpec,
     out_dir: str | os.PathLike,
@@ -432,8 +439,7 @@ def finetune_teacher(
 
 def _state_to_resume(out_dir: Path, hparams: dict, resume: bool, overwrite: bool) -> dict | None:
     """The saved training state to continue (same settings only), or None to start afresh."""
-    state = _load_state(out_dir)
-    if state is not None and not resume:
+    if _has_state(out_dir) and not resume:  # (an existence check: nothing is read)
         if not overwrite:
             raise FileExistsError(
                 f"{out_dir} already holds a training state: continue it with --resume, or start over with "
@@ -442,7 +448,7 @@ def _state_to_resume(out_dir: Path, hparams: dict, resume: bool, overwrite: bool
         shutil.rmtree(out_dir / STATE_DIR)
         # the old run's metrics go too: they would mark a half-trained new run as complete
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
-        state = None
+    state = _load_state(out_dir) if resume else None
     if state is not None:
         refuse_other_settings({k: (state["hparams"].get(k), v) for k, v in hparams.items()
                                if state["hparams"].get(k) != v}, f"cannot resume {out_dir}: settings differ")
