@@ -351,9 +351,10 @@ class StageRun:
         settings, dist = self.settings, self.dist
         if dist.is_main:  # (the main rank writes the stage directory; the others wait, then read)
             recover_directory(self.ckpt_dir)  # a crash while a checkpoint replaced the previous one
-            if not resume:  # a fresh run: an earlier run's completion mark and best model are void
+            if not resume:  # a fresh run: an earlier run's completion mark, best model and checkpoint are void
                 (self.stage_dir / DONE_FILE).unlink(missing_ok=True)
                 shutil.rmtree(self.stage_dir / "best", ignore_errors=True)
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         dist.barrier()
         seed_all(settings.seed)
         self.student.train()

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, AutoConfig, AutoTokenizer, BertForSequenceClassification
@@ -39,6 +40,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from lava_spikingbert.contract.atomic import atomic_directory, atomic_write_json, recover_directory
 from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.limits import MAX_CONFIG_BYTES, config_limit_errors
 from lava_spikingbert.contract.run_lock import locks_directory
 from training.batching import EncodedDataset, encode, length_bucketed_batches
 from training.common import (improves, linear_schedule, make_optimizer, refuse_other_settings, rng_state, seed_all,
@@ -168,8 +170,17 @@ def load_teacher(
             "allow_download=True to fetch a hub model (needs network)"
         )
     src = str(Path(src).expanduser()) if local else str(src)
-    kw = {"local_files_only": not allow_download}
-    config = AutoConfig.from_pretrained(src, **kw)
+    # never custom code from the directory (a tokenizer_config.json "auto_map" would otherwise prompt for it)
+    kw = {"local_files_only": not allow_download, "trust_remote_code": False}
+    if local and (Path(src) / "config.json").is_file() and (Path(src) / "config.json").stat().st_size > MAX_CONFIG_BYTES:
+        raise SpikingBertError(f"{src}/config.json: larger than {MAX_CONFIG_BYTES} bytes, not a config")
+    try:
+        config = AutoConfig.from_pretrained(src, **kw)
+    except (OSError, ValueError) as exc:
+        raise SpikingBertError(f"teacher {src}: unreadable config ({str(exc).splitlines()[0]})") from None
+    problems = config_limit_errors(config.to_dict())  # bounded before transformers allocates the model
+    if problems:
+        raise SpikingBertError(f"teacher {src}/config.json: {'; '.join(problems)}")
     if config.model_type != "bert":
         raise ValueError(f"teacher {src} is a {config.model_type!r} model; a BERT checkpoint is required")
     if problem_type == "regression":
@@ -177,15 +188,18 @@ def load_teacher(
     extra = {"problem_type": problem_type}
     if num_labels is not None:
         extra["num_labels"] = num_labels
-    tokenizer = AutoTokenizer.from_pretrained(src, **kw)
-    model, info = BertForSequenceClassification.from_pretrained(
-        src,
-        attn_implementation=attn_implementation,
-        ignore_mismatched_sizes=True,
-        output_loading_info=True,
-        **extra,
-        **kw,
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+        model, info = BertForSequenceClassification.from_pretrained(
+            src,
+            attn_implementation=attn_implementation,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **extra,
+            **kw,
+        )
+    except (OSError, ValueError, SafetensorError) as exc:  # corrupt weights or tokenizer files
+        raise SpikingBertError(f"teacher {src}: cannot load ({str(exc).splitlines()[0]})") from None
     missing = sorted(info.get("missing_keys", []))
     mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
     if missing:
@@ -381,6 +395,8 @@ def finetune_teacher(
     if < 1, else a step count. ``train_examples`` / ``eval_examples`` replace the GLUE files (custom
     data; pass a custom ``TaskSpec`` as ``task``). Returns the metrics dict written to the json.
     """
+    if not epochs > 0:  # (checked before any work, not after training)
+        raise SpikingBertError(f"epochs must be positive, got {epochs}")
     if num_threads:
         torch.set_num_threads(num_threads)
     spec = get_task(task)
@@ -421,6 +437,9 @@ def finetune_teacher(
     seed_all(seed)
     model, tokenizer = load_teacher(teacher_path, num_labels=spec.num_labels, problem_type=spec.problem_type,
                                     allow_download=allow_download, attn_implementation="sdpa")
+    if max_length > model.config.max_position_embeddings:
+        raise SpikingBertError(f"max_length {max_length} exceeds the teacher's position table "
+                               f"({model.config.max_position_embeddings} positions)")
     if spec.labels is not None:
         model.config.id2label = {i: lab for i, lab in enumerate(spec.labels)}
         model.config.label2id = {lab: i for i, lab in enumerate(spec.labels)}
