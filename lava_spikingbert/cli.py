@@ -442,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="Loihi-2 static check, resources, operations and energy of a model file")
     p.add_argument("--model", required=True, help="model file (.h5) written by 'spikingbert export'")
     p.add_argument("--json", default=None)
-    p.add_argument("--seq-len", type=positive_int, default=None, help="tokens per sentence (default: config max_length)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="tokens per sentence (default: config max_length)")
     p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
     p.add_argument("--n-sentences", type=positive_int, default=64, help="SST-2 dev sentences for measured ASRs")
     p.add_argument("--t-list", type=int_list, default="4,8,16,32",

@@ -362,7 +362,8 @@ class StageRun:
         self.scheduler = linear_schedule(self.optimizer, int(settings.warmup * settings.max_steps),
                                          settings.max_steps, decay=settings.decay)
         if resume:
-            refuse_pickled_state(self.ckpt_dir / LEGACY_STATE_FILE, "Start over with --overwrite.")
+            refuse_pickled_state(self.ckpt_dir / LEGACY_STATE_FILE,
+                                 "Start over with --overwrite (pipeline: --restart).")
         if resume and (self.ckpt_dir / STATE_FILE).is_file():
             self._resume()
 

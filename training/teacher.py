@@ -348,7 +348,7 @@ def _has_state(out_dir: Path) -> bool:
 
 
 def _load_state(out_dir: Path) -> dict | None:
-    refuse_pickled_state(out_dir / STATE_DIR / LEGACY_STATE_FILE, "Start over with --overwrite.")
+    refuse_pickled_state(out_dir / STATE_DIR / LEGACY_STATE_FILE, "Start over with --overwrite (pipeline: --restart).")
     p = out_dir / STATE_DIR / STATE_FILE
     if not p.is_file():
         return None

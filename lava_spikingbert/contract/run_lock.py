@@ -5,7 +5,8 @@ A run that writes into a directory (``teacher``, ``distill``, ``pipeline``) hold
 directory is replaced as a whole when a better model is kept). The holder writes its PID into
 the file; a second run into the same directory refuses with one line naming that PID. The kernel
 drops the lock when its holder exits however it exits (also kill -9), so the lock of a dead run
-is simply taken over; the file itself stays (removing it could race with a new holder).
+is simply taken over. The holder removes the file when it ends normally; a run that locked a file
+another one removed just then sees that its file is no longer the one at the path, and retries.
 
 Nested locks of one process on one directory (the pipeline's stages, a command that locks what
 its library call locks again) are counted, not re-taken. Under torchrun all ranks write into one
@@ -58,18 +59,7 @@ def directory_lock(directory: str | os.PathLike, *, enabled: bool | None = None)
         return
     path = lock_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown"
-        fh.close()
-        raise DirectoryLockedError(f"{key} is in use by another run (PID {holder}; lock {path}): wait for it to "
-                                   "finish or use another output directory") from None
-    except BaseException:
-        fh.close()
-        raise
+    fh = _acquire(path, key)
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")
@@ -79,7 +69,36 @@ def directory_lock(directory: str | os.PathLike, *, enabled: bool | None = None)
         yield
     finally:
         _HELD.pop(key, None)
+        try:
+            path.unlink()  # (still locked: a run that opened it meanwhile sees the file is gone, and retries)
+        except FileNotFoundError:
+            pass
         fh.close()  # closing the file drops the flock
+
+
+def _acquire(path: Path, key: Path, attempts: int = 20):
+    """The open, flock-ed lock file at ``path`` (the file at the path, not one removed meanwhile)."""
+    for _ in range(attempts):
+        fh = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise DirectoryLockedError(f"{key} is in use by another run (PID {holder}; lock {path}): wait for it "
+                                       "to finish or use another output directory") from None
+        except BaseException:
+            fh.close()
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fh
+        fh.close()  # removed by its previous holder after we opened it: take the new one
+    raise DirectoryLockedError(f"{key}: could not take the lock {path} (it keeps being replaced)")
 
 
 def locks_directory(argument: str) -> Callable:
