@@ -105,9 +105,8 @@ def cmd_distill(args) -> int:
     from training.batching import encode
     from training.readers import plain_text_corpus
     from training.distill import StageSettings, init_student_from_teacher, run_stage, student_config_from_teacher
-    from training.teacher import load_teacher
-
     from training.distill import stage_has_outputs
+    from training.teacher import load_teacher
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
