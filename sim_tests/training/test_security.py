@@ -99,6 +99,12 @@ def test_distill_resume_never_unpickles_a_state_file(tmp_path, glue_dir, tiny_te
         assert main(args + ["--resume"]) == 1
         assert "training_state.safetensors" in _error_line(capsys.readouterr().err)
     assert not marker.exists()
+    # a real resumable checkpoint whose weights file is corrupt
+    assert main(args + ["--overwrite", "--run-steps", "1"]) == 0
+    assert load_state(out / "checkpoint" / "training_state.safetensors")["step"] == 1
+    (out / "checkpoint" / "model.safetensors").write_bytes(b"\x00" * 16)
+    assert main(args + ["--resume"]) == 1
+    assert "model.safetensors" in _error_line(capsys.readouterr().err)
 
 
 def test_state_round_trip_and_foreign_safetensors(tmp_path):
