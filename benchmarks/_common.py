@@ -116,7 +116,7 @@ def tokenizer():
     if _TOKENIZER is None:
         from transformers import AutoTokenizer
 
-        _TOKENIZER = AutoTokenizer.from_pretrained(str(teacher_dir()), local_files_only=True)
+        _TOKENIZER = AutoTokenizer.from_pretrained(str(teacher_dir()), local_files_only=True, trust_remote_code=False)
     return _TOKENIZER
 
 

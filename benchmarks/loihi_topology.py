@@ -226,7 +226,7 @@ def run_candidate(name: str, overrides: dict, budget: Budget, data, log, save_di
         config.weights = budget.weights
         config.validate()
         model = LoihiSpikingMixer(config)
-        model.load_state_dict(torch.load(Path(init_from) / "model.pt"))
+        model.load_state_dict(torch.load(Path(init_from) / "model.pt", weights_only=True))
         config.extra["init_from"] = str(init_from)
     else:
         config = LoihiConfig(embed_size=teacher.config.hidden_size, fit_size=teacher.config.hidden_size,

@@ -33,7 +33,7 @@ def _tokenizer_for(model_dir: str | None):
     if model_dir and (Path(model_dir) / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     return tokenizer()
 
 

@@ -227,7 +227,11 @@ def file_tokenizer(mf: ModelFile):
     """A ``transformers`` tokenizer from the files stored in the model file."""
     with tempfile.TemporaryDirectory(prefix="spikingbert-tok-") as tmp:
         mf.write_tokenizer(tmp)
-        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError, TypeError) as exc:  # invalid tokenizer files stored in the model file
+            raise ModelFileError(f"{mf.path or 'model file'}: /tokenizer: unusable tokenizer files "
+                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def _batches(sents, batch_size: int):

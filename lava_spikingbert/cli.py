@@ -58,6 +58,18 @@ def _task_and_examples(args, split: str, limit: int | None = None):
     return spec, load_glue(spec, split, args.glue_dir, limit=limit)
 
 
+def _check_output_file(path: str | None, flag: str) -> None:
+    """Refuse an output file path that cannot be written, before the work whose result it keeps."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{flag} {path} is a directory; give a file path")
+    parent = next((q for q in p.absolute().parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CliError(f"{flag} {path}: {parent} is a file, not a directory")
+
+
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
         atomic_write_json(Path(path), payload)
@@ -68,6 +80,7 @@ def _write_json(path: str | None, payload: dict) -> None:
 def cmd_teacher(args) -> int:
     from training.teacher import finetune_teacher
 
+    _check_output_file(args.json, "--json")
     train_ex = dev_ex = None  # GLUE: finetune_teacher reads the files itself
     if (args.task or "").lower() == "custom":
         _, train_ex = _task_and_examples(args, "train", limit=args.limit_train)
@@ -97,14 +110,24 @@ def cmd_distill(args) -> int:
     from training.readers import plain_text_corpus
     from training.distill import (StageSettings, init_loihi_student, init_student_from_teacher, loihi_config_from_teacher,
                                   run_stage, student_config_from_teacher)
+    from training.distill import stage_has_outputs
     from training.teacher import load_teacher
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {args.out} is a file; give a directory")
+    if not args.resume and not args.overwrite and stage_has_outputs(out):
+        raise CliError(f"{args.out} already holds a checkpoint of this stage: continue it with --resume, or start "
+                       "over with --overwrite")
     dist = init_distributed()
     spec, train_ex = _task_and_examples(args, "train", limit=args.limit_train)
     _, dev_ex = _task_and_examples(args, "dev", limit=args.limit)
     teacher_path = args.teacher
     teacher, tokenizer = load_teacher(teacher_path, num_labels=spec.num_labels if args.stage != "general" else None,
                                       problem_type=spec.problem_type)
+    if args.max_length > teacher.config.max_position_embeddings:
+        raise CliError(f"--max-length {args.max_length} exceeds the teacher's position table "
+                       f"({teacher.config.max_position_embeddings} positions)")
     layer_map = args.layer_map
     seed_all(args.seed)  # a new student's random parts (W_Td, classifier) are reproducible
     if args.student:
@@ -170,12 +193,15 @@ def cmd_eval(args) -> int:
     from training.batching import encode
     from training.distill import evaluate_student
 
+    _check_output_file(args.json, "--json")
     torch.set_num_threads(args.threads)
     model = load_student(args.model)  # either profile (config.json says which)
     tokenizer = _load_tokenizer(args.model)
     if (args.task or "").lower() == "custom" and not args.labels and model.config.extra.get("labels"):
         args.labels = ",".join(model.config.extra["labels"])  # the classes in the order it was trained with
     spec, examples = _task_and_examples(args, args.split, limit=args.limit)
+    if not examples:
+        raise CliError(f"no examples to evaluate ({spec.name} {args.split}, --limit {args.limit})")
     if model.config.num_labels != spec.num_labels:
         raise CliError(f"{args.model} has {model.config.num_labels} outputs; task {spec.name} needs "
                        f"{spec.num_labels} (is --task the task it was trained for?)")
@@ -208,6 +234,8 @@ def cmd_pipeline(args) -> int:
 def cmd_export(args) -> int:
     from hw_export.export import export_model
 
+    _check_output_file(args.out, "--out")
+    _check_output_file(args.netx_head, "--netx-head")
     mf = export_model(args.model, args.precision, args.out, scale_exp=args.scale_exp, netx_head=args.netx_head,
                       head_t_conv=args.head_t_conv)
     print(f"wrote {args.out} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations, "
@@ -218,6 +246,8 @@ def cmd_export(args) -> int:
 def cmd_report(args) -> int:
     from hw_export.report import build_report, summary_lines
 
+    _check_output_file(args.json, "--json")
+    _check_output_file(args.png, "--png")
     teacher = {"hidden_size": args.teacher_hidden, "num_hidden_layers": args.teacher_layers,
                "intermediate_size": args.teacher_intermediate}
     report = build_report(args.model, seq_len=args.seq_len, glue_dir=args.glue_dir, n_sentences=args.n_sentences,
@@ -232,6 +262,7 @@ def cmd_report(args) -> int:
 def cmd_lava(args) -> int:
     from lava_spikingbert.lava_eval import evaluate
 
+    _check_output_file(args.json, "--json")
     res = evaluate(args.model, args.task, args.split, limit=args.limit, tag=args.tag, t_conv=args.t_conv,
                    glue_dir=args.glue_dir, backend=args.backend, batch_size=args.batch_size,
                    parity=not args.no_parity, pack=args.pack, window_tokens=args.window, workers=args.workers,
@@ -248,7 +279,11 @@ def _load_tokenizer(model_dir: str):
 
     if not (Path(model_dir) / "tokenizer_config.json").is_file():
         raise CliError(f"{model_dir}: no tokenizer files in the checkpoint directory")
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    try:  # never custom code from a checkpoint (an "auto_map" would otherwise prompt to run it)
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CliError(f"{model_dir}: unusable tokenizer files ({str(exc).splitlines()[0] if str(exc) else exc!r})") \
+            from None
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -271,6 +306,28 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of an integer >= 0 (0: the feature is off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a positive finite number (epochs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
@@ -300,11 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--teacher", default=None, help="local HF BERT directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=float, default=3, help="may be fractional (stops mid-epoch)")
+    p.add_argument("--epochs", type=positive_float, default=3, help="may be fractional (stops mid-epoch)")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--eval-every", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=positive_int, default=64)
+    p.add_argument("--eval-every", type=non_negative_int, default=None,
                    help="also evaluate on dev every N steps; the best dev checkpoint is kept")
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="dev sentences")
@@ -321,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, help="student checkpoint to start from (default: new student)")
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"),
                    help="new student: copy teacher embeddings (+ mapped layers)")
-    p.add_argument("--layers", type=int, default=None, help="new student: layers (default: 4 paper, 2 loihi)")
+    p.add_argument("--layers", type=positive_int, default=None, help="new student: layers (default: 4 paper, 2 loihi)")
     p.add_argument("--profile", default=None, choices=PROFILES,
                    help="new student: model profile (default paper; loihi = stock Lava processes only); "
                         "with --student it must match the checkpoint's")
@@ -332,14 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-t-conv", type=positive_int, default=None, help="simulation steps while training")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=positive_int, required=True)
-    p.add_argument("--run-steps", type=int, default=None, help="stop (resumably) after this many steps")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--run-steps", type=positive_int, default=None, help="stop (resumably) after this many steps")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--head-lr", type=float, default=None,
                    help="learning rate of the classifier (default: --lr); a fresh head needs a larger one")
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--max-length", type=positive_int, default=64)
+    p.add_argument("--eval-every", type=non_negative_int, default=0)
+    p.add_argument("--checkpoint-every", type=positive_int, default=100)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--att-weight", type=float, default=1.0, help="internal-layer KD: weight of the attention MSE")
     p.add_argument("--rep-weight", type=float, default=1.0, help="internal-layer KD: weight of the hidden-state MSE")
@@ -355,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="dev sentences")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="start over, replacing a checkpoint already in --out")
     add_train_forward_arg(p)
     p.set_defaults(func=cmd_distill)
 
@@ -364,10 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="dev")
     p.add_argument("--t-conv", type=positive_int, nargs="+", default=[16])
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="batches simulated at once, one intra-op thread each (default: --threads; 1 = one "
                         "batch at a time with --threads intra-op threads)")
     p.add_argument("--json", default=None)
@@ -385,10 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="paper", choices=PROFILES,
                    help="paper = SpikingBERT's graph (default); loihi = a spiking ConvMixer of stock Lava "
                         "processes (its own budgets, 2 layers, int8 QAT by default)")
-    p.add_argument("--layers", type=int, default=None, help="student layers (default: 4 paper, 2 loihi)")
+    p.add_argument("--layers", type=positive_int, default=None, help="student layers (default: 4 paper, 2 loihi)")
     p.add_argument("--t-conv", type=positive_int, default=16)
     add_neuron_arg(p, default="if_signed_pair")
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=positive_int, default=64)
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"))
     p.add_argument("--gold-labels", action="store_true")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -406,15 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file (.h5)")
     p.add_argument("--scale-exp", type=int, default=10, help="fixed point: vth_mant = 2**scale_exp")
     p.add_argument("--netx-head", default=None, help="also write the classifier head as a lava-dl netx HDF5")
-    p.add_argument("--head-t-conv", type=int, default=None, help="T the netx head's range is checked for")
+    p.add_argument("--head-t-conv", type=positive_int, default=None, help="T the netx head's range is checked for")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="Loihi-2 static check, resources, operations and energy of a model file")
     p.add_argument("--model", required=True, help="model file (.h5) written by 'spikingbert export'")
     p.add_argument("--json", default=None)
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sentence (default: config max_length)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="tokens per sentence (default: config max_length)")
     p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
-    p.add_argument("--n-sentences", type=int, default=64, help="SST-2 dev sentences for measured ASRs")
+    p.add_argument("--n-sentences", type=positive_int, default=64, help="SST-2 dev sentences for measured ASRs")
     p.add_argument("--t-list", type=int_list, default="4,8,16,32",
                    help="time steps T to measure (plus the config's t_conv)")
     p.add_argument("--inputs", default="auto", choices=("auto", "sst2", "random"))
@@ -423,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-hidden", type=int, default=None)
     p.add_argument("--teacher-layers", type=int, default=None)
     p.add_argument("--teacher-intermediate", type=int, default=None)
-    p.add_argument("--fixed-point-sentences", type=int, default=8)
+    p.add_argument("--fixed-point-sentences", type=non_negative_int, default=8)
     p.add_argument("--no-measure", action="store_true", help="static check only (no simulation)")
     p.set_defaults(func=cmd_report)
 
@@ -436,16 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-conv", type=positive_int, default=None)
     p.add_argument("--glue-dir", default=None)
     p.add_argument("--backend", default="sim", choices=("sim", "loihi2"))
-    p.add_argument("--batch-size", type=int, default=16, help="sentences per Lava run (windows per run with --pack)")
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="sentences per Lava run (windows per run with --pack)")
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="several sentences side by side per window (block-diagonal attention; default): "
                         "fewer simulated steps. --no-pack: one sentence per window")
-    p.add_argument("--window", type=int, default=None, help="tokens per packed window (default 128)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--window", type=positive_int, default=None, help="tokens per packed window (default 128)")
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="Lava runs in this many parallel worker processes (for machines with more cores)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch reference")
     p.add_argument("--json", default=None)
-    p.set_defaults(func=cmd_lava)
+    p.set_defaults(func=cmd_lava, supervised=True)  # interrupts end every Lava process (lava.supervise)
     return parser
 
 
@@ -456,6 +516,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO)
+    if getattr(args, "supervised", False):
+        from lava_spikingbert.lava.supervise import run_supervised
+
+        return run_supervised(lambda: _run_command(args), f"spikingbert {args.command}")
+    return _run_command(args)
+
+
+def _run_command(args) -> int:
+    """The subcommand, with user errors reported as one line."""
     try:
         return args.func(args)
     except CliError as exc:

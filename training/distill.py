@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lava_spikingbert.contract.atomic import atomic_directory, atomic_write_json, recover_directory
 from lava_spikingbert.contract.errors import SpikingBertError
-from lava_spikingbert.model.checkpoint import read_profile, write_model_files
+from lava_spikingbert.contract.run_lock import locks_directory
+from lava_spikingbert.model.checkpoint import load_weights, read_profile, write_model_files
 from lava_spikingbert.model.config import TRAIN_FORWARDS, SpikingBertConfig
 from lava_spikingbert.model.encoder import SpikingBert
 from lava_spikingbert.model.inference import predict_batches
@@ -49,13 +49,16 @@ from lava_spikingbert.model.student import load_student, profile_of
 from training.batching import EncodedDataset, length_bucketed_batches
 from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state)
+from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
 from training.tasks import TaskSpec, compute_metrics
 from training.teacher import teacher_outputs
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("general", "intermediate", "prediction")
-STATE_FILE = "training_state.pt"
+STATE_FILE = "training_state.safetensors"  # training.safe_state: safetensors + JSON, no pickle
+LEGACY_STATE_FILE = "training_state.pt"  # the pickled state of earlier versions: never loaded
+STATE_KEYS = ("settings", "step", "best", "history", "optimizer", "scheduler", "rng", "wall_s", "sentences")
 DONE_FILE = "stage_done.json"
 
 
@@ -309,7 +312,14 @@ def save_checkpoint(path: Path, model: SpikingBert, tokenizer=None, state: dict 
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if state is not None:
-            torch.save(state, tmp / STATE_FILE)
+            save_state(tmp / STATE_FILE, state)
+
+
+def stage_has_outputs(stage_dir: Path) -> bool:
+    """Whether ``stage_dir`` holds a checkpoint or final model of an earlier run (reads nothing)."""
+    ckpt = Path(stage_dir) / "checkpoint"
+    return any((ckpt / name).is_file() for name in (STATE_FILE, LEGACY_STATE_FILE)) \
+        or (Path(stage_dir) / "final").is_dir()
 
 
 def stage_done(stage_dir: Path) -> bool:
@@ -329,6 +339,7 @@ class StageResult:
     completed: bool = True
 
 
+@locks_directory("stage_dir")  # one run per stage directory (under torchrun: rank 0 holds it)
 def run_stage(settings: StageSettings, student: SpikingBert, teacher, train: EncodedDataset, stage_dir: str | Path,
               *, tokenizer=None, spec: TaskSpec | None = None, dev: EncodedDataset | None = None,
               resume: bool = False, dist: DistEnv | None = None, progress: bool = True) -> StageResult:
@@ -391,9 +402,10 @@ class StageRun:
         settings, dist = self.settings, self.dist
         if dist.is_main:  # (the main rank writes the stage directory; the others wait, then read)
             recover_directory(self.ckpt_dir)  # a crash while a checkpoint replaced the previous one
-            if not resume:  # a fresh run: an earlier run's completion mark and best model are void
+            if not resume:  # a fresh run: an earlier run's completion mark, best model and checkpoint are void
                 (self.stage_dir / DONE_FILE).unlink(missing_ok=True)
                 shutil.rmtree(self.stage_dir / "best", ignore_errors=True)
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         dist.barrier()
         seed_all(settings.seed)
         self.student.train()
@@ -402,13 +414,16 @@ class StageRun:
                                         embed_prefixes=HOST_EMBEDDINGS if self.profile == "loihi" else ("embeddings.",))
         self.scheduler = linear_schedule(self.optimizer, int(settings.warmup * settings.max_steps),
                                          settings.max_steps, decay=settings.decay)
+        if resume:
+            refuse_pickled_state(self.ckpt_dir / LEGACY_STATE_FILE,
+                                 "Start over with --overwrite (pipeline: --restart).")
         if resume and (self.ckpt_dir / STATE_FILE).is_file():
             self._resume()
 
     def _resume(self) -> None:
         """Continue from the checkpoint: weights, optimizer, schedule, RNG, counters (same settings only)."""
         ckpt_dir, dist = self.ckpt_dir, self.dist
-        state = torch.load(ckpt_dir / STATE_FILE, weights_only=False)
+        state = require_keys(load_state(ckpt_dir / STATE_FILE), STATE_KEYS, ckpt_dir / STATE_FILE)
         saved = dict(state["settings"])
         if saved.get("t_conv") is None:  # earlier versions saved None for "the student's t_conv"
             saved["t_conv"] = json.loads((ckpt_dir / "config.json").read_text())["t_conv"]
@@ -420,7 +435,7 @@ class StageRun:
         if saved_world is not None and saved_world != dist.world_size:
             diff["processes"] = (saved_world, dist.world_size)
         refuse_other_settings(diff, f"{ckpt_dir}: refusing to resume with different settings")
-        self.student.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
+        load_weights(self.student, ckpt_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]

@@ -31,6 +31,7 @@ import torch
 
 from lava_spikingbert.contract.atomic import atomic_save_figure, atomic_write_json
 from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.run_lock import locks_directory
 from lava_spikingbert.model.checkpoint import read_profile
 from lava_spikingbert.model.config import SpikingBertConfig, stage_forward
 from lava_spikingbert.model.encoder import SpikingBert
@@ -139,6 +140,7 @@ def plot_accuracy_vs_t(rows: list[dict], metric: str, path: Path, title: str) ->
     atomic_save_figure(fig, path)
 
 
+@locks_directory("out_dir")  # one run per output directory (under torchrun: rank 0 holds it)
 def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_dir=None, teacher_path=None,
                  budget: str | Budget = "default", resume: bool = True, num_layers: int | None = None, t_conv: int = 16,
                  max_length: int = 64, init: str = "layers", gold_labels: bool = False, temperature: float = 1.0,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from training.tasks import DataError, SplitLayout, TaskSpec, get_task, split_name
+from training.text_files import check_text_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED_GLUE = REPO_ROOT.parent / "shared" / "data" / "glue"
@@ -112,6 +113,7 @@ def _read_table(
         raise FileNotFoundError(f"{context}data file not found: {path}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    check_text_file(path)
     label_to_id = None if (regression or labels is None) else {lab: i for i, lab in enumerate(labels)}
     examples: list[Example] = []
     skipped: list[int] = []
@@ -170,6 +172,8 @@ def _read_table(
     if skipped:
         shown = ", ".join(str(n) for n in skipped[:50]) + (" ..." if len(skipped) > 50 else "")
         warnings.warn(f"{path}: skipped {len(skipped)} row(s) with empty text at line(s) {shown}", stacklevel=3)
+    if not examples and limit != 0:  # refused before any training, not after it
+        raise DataError(f"{path}: no examples (only a header, blank lines or skipped rows)")
     return examples
 
 
@@ -231,6 +235,7 @@ def infer_labels(path: str | os.PathLike, label_column: str, delimiter: str | No
     delim = _delimiter_for(path, delimiter)
     quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
     seen: set[str] = set()
+    check_text_file(path)
     csv.field_size_limit(CSV_FIELD_LIMIT)
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, delimiter=delim, quoting=quoting)
@@ -316,6 +321,10 @@ def custom_task_spec(
                 raise ValueError("custom classification task needs labels= or path= to infer them from")
             labels = infer_labels(path, label_column, delimiter)
         labels_t = tuple(str(x) for x in labels)
+        duplicates = sorted({x for x in labels_t if labels_t.count(x) > 1})
+        if duplicates or "" in labels_t:
+            raise DataError(f"labels {list(labels_t)}: each label must be given once and not be empty"
+                            f"{f' (repeated: {duplicates})' if duplicates else ''}")
         if len(labels_t) < 2:
             raise DataError(f"a classification task needs >= 2 labels, got {list(labels_t)}")
         metrics, main = (("accuracy", "f1"), "accuracy") if len(labels_t) == 2 else (("accuracy",), "accuracy")
@@ -342,6 +351,7 @@ def plain_text_corpus(path_or_examples: str | os.PathLike | Iterable[Example], l
         path = Path(path_or_examples)
         if not path.is_file():
             raise FileNotFoundError(f"plain-text corpus not found: {path}")
+        check_text_file(path)
         with open(path, encoding="utf-8-sig") as fh:
             for lineno, line in enumerate(fh, 1):
                 if limit is not None and len(out) >= limit:

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, AutoConfig, AutoTokenizer, BertForSequenceClassification
@@ -39,10 +40,13 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from lava_spikingbert.contract.atomic import atomic_directory, atomic_write_json, recover_directory
 from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.limits import MAX_CONFIG_BYTES, config_limit_errors
+from lava_spikingbert.contract.run_lock import locks_directory
 from training.batching import EncodedDataset, encode, length_bucketed_batches
 from training.common import (improves, linear_schedule, make_optimizer, refuse_other_settings, rng_state, seed_all,
                              set_rng_state)
 from training.readers import Example, load_glue
+from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
 from training.tasks import TaskSpec, compute_metrics, get_task
 
 __all__ = [
@@ -64,7 +68,9 @@ logger = logging.getLogger(__name__)
 SCORES_ATTN = "spikingbert_scores"
 DEFAULT_LR = 1e-4
 STATE_DIR = "training_state"
-STATE_FILE = "state.pt"
+STATE_FILE = "state.safetensors"  # training.safe_state: safetensors + JSON, no pickle
+LEGACY_STATE_FILE = "state.pt"  # the pickled state of earlier versions: never loaded
+STATE_KEYS = ("model", "optimizer", "scheduler", "run", "rng", "hparams")
 METRICS_FILE = "teacher_metrics.json"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -164,8 +170,17 @@ def load_teacher(
             "allow_download=True to fetch a hub model (needs network)"
         )
     src = str(Path(src).expanduser()) if local else str(src)
-    kw = {"local_files_only": not allow_download}
-    config = AutoConfig.from_pretrained(src, **kw)
+    # never custom code from the directory (a tokenizer_config.json "auto_map" would otherwise prompt for it)
+    kw = {"local_files_only": not allow_download, "trust_remote_code": False}
+    if local and (Path(src) / "config.json").is_file() and (Path(src) / "config.json").stat().st_size > MAX_CONFIG_BYTES:
+        raise SpikingBertError(f"{src}/config.json: larger than {MAX_CONFIG_BYTES} bytes, not a config")
+    try:
+        config = AutoConfig.from_pretrained(src, **kw)
+    except (OSError, ValueError) as exc:
+        raise SpikingBertError(f"teacher {src}: unreadable config ({str(exc).splitlines()[0]})") from None
+    problems = config_limit_errors(config.to_dict())  # bounded before transformers allocates the model
+    if problems:
+        raise SpikingBertError(f"teacher {src}/config.json: {'; '.join(problems)}")
     if config.model_type != "bert":
         raise ValueError(f"teacher {src} is a {config.model_type!r} model; a BERT checkpoint is required")
     if problem_type == "regression":
@@ -173,15 +188,18 @@ def load_teacher(
     extra = {"problem_type": problem_type}
     if num_labels is not None:
         extra["num_labels"] = num_labels
-    tokenizer = AutoTokenizer.from_pretrained(src, **kw)
-    model, info = BertForSequenceClassification.from_pretrained(
-        src,
-        attn_implementation=attn_implementation,
-        ignore_mismatched_sizes=True,
-        output_loading_info=True,
-        **extra,
-        **kw,
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+        model, info = BertForSequenceClassification.from_pretrained(
+            src,
+            attn_implementation=attn_implementation,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **extra,
+            **kw,
+        )
+    except (OSError, ValueError, SafetensorError) as exc:  # corrupt weights or tokenizer files
+        raise SpikingBertError(f"teacher {src}: cannot load ({str(exc).splitlines()[0]})") from None
     missing = sorted(info.get("missing_keys", []))
     mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
     if missing:
@@ -321,20 +339,23 @@ def _save_hf_atomic(model, tokenizer, out_dir: Path) -> None:
 
 
 def _save_state(out_dir: Path, state: dict) -> None:
-    d = out_dir / STATE_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{STATE_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, d / STATE_FILE)
+    save_state(out_dir / STATE_DIR / STATE_FILE, state)  # atomic
+
+
+def _has_state(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a training state (of this or an earlier version); reads nothing."""
+    return any((out_dir / STATE_DIR / name).is_file() for name in (STATE_FILE, LEGACY_STATE_FILE))
 
 
 def _load_state(out_dir: Path) -> dict | None:
+    refuse_pickled_state(out_dir / STATE_DIR / LEGACY_STATE_FILE, "Start over with --overwrite (pipeline: --restart).")
     p = out_dir / STATE_DIR / STATE_FILE
     if not p.is_file():
         return None
-    return torch.load(p, map_location="cpu", weights_only=False)  # our own file (holds RNG states)
+    return require_keys(load_state(p), STATE_KEYS, p)
 
 
+@locks_directory("out_dir")  # one run per output directory
 def finetune_teacher(
     task: str | TaskSpec,
     out_dir: str | os.PathLike,
@@ -374,6 +395,8 @@ def finetune_teacher(
     if < 1, else a step count. ``train_examples`` / ``eval_examples`` replace the GLUE files (custom
     data; pass a custom ``TaskSpec`` as ``task``). Returns the metrics dict written to the json.
     """
+    if not epochs > 0:  # (checked before any work, not after training)
+        raise SpikingBertError(f"epochs must be positive, got {epochs}")
     if num_threads:
         torch.set_num_threads(num_threads)
     spec = get_task(task)
@@ -414,6 +437,9 @@ def finetune_teacher(
     seed_all(seed)
     model, tokenizer = load_teacher(teacher_path, num_labels=spec.num_labels, problem_type=spec.problem_type,
                                     allow_download=allow_download, attn_implementation="sdpa")
+    if max_length > model.config.max_position_embeddings:
+        raise SpikingBertError(f"max_length {max_length} exceeds the teacher's position table "
+                               f"({model.config.max_position_embeddings} positions)")
     if spec.labels is not None:
         model.config.id2label = {i: lab for i, lab in enumerate(spec.labels)}
         model.config.label2id = {lab: i for i, lab in enumerate(spec.labels)}
@@ -432,8 +458,7 @@ def finetune_teacher(
 
 def _state_to_resume(out_dir: Path, hparams: dict, resume: bool, overwrite: bool) -> dict | None:
     """The saved training state to continue (same settings only), or None to start afresh."""
-    state = _load_state(out_dir)
-    if state is not None and not resume:
+    if _has_state(out_dir) and not resume:  # (an existence check: nothing is read)
         if not overwrite:
             raise FileExistsError(
                 f"{out_dir} already holds a training state: continue it with --resume, or start over with "
@@ -442,7 +467,7 @@ def _state_to_resume(out_dir: Path, hparams: dict, resume: bool, overwrite: bool
         shutil.rmtree(out_dir / STATE_DIR)
         # the old run's metrics go too: they would mark a half-trained new run as complete
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
-        state = None
+    state = _load_state(out_dir) if resume else None
     if state is not None:
         refuse_other_settings({k: (state["hparams"].get(k), v) for k, v in hparams.items()
                                if state["hparams"].get(k) != v}, f"cannot resume {out_dir}: settings differ")

@@ -39,6 +39,8 @@ from lava_spikingbert.contract.constants import (ACT_SHIFT, BIAS_EXP_MAX, BIAS_E
                                                  VTH_MANT_MAX, WEIGHT_MODES, population_names)
 from lava_spikingbert.contract.depths import population_depths
 from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.limits import (MAX_COMPRESSION_RATIO, MAX_DATASET_BYTES, MAX_TOKENIZER_BYTES,
+                                              MAX_TOKENIZER_FILES, config_limit_errors, plain_file_name)
 
 FORMAT = "lava-spikingbert"
 SCHEMA_VERSION = 1
@@ -283,6 +285,8 @@ class ModelFile:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for name, data in self.tokenizer_files.items():
+            if not plain_file_name(name):  # (read_model_file refuses these; a ModelFile may be built by hand)
+                raise ModelFileError(f"{self.path or 'model file'}: /tokenizer file name {name!r} is not a plain name")
             (d / name).write_bytes(data)
         return d
 
@@ -434,8 +438,19 @@ class _Reader:
         except json.JSONDecodeError as exc:
             self.fail(f"{obj.name} attribute '{key}'", f"not valid JSON ({exc})")
 
+    def check_size(self, obj: h5py.Dataset, path: str, max_bytes: int) -> None:
+        """Refuse a dataset whose declared size is over ``max_bytes`` or far above what the file stores
+        for it (a compressed dataset of fill values can declare gigabytes in a few bytes)."""
+        declared = int(np.prod(obj.shape, dtype=np.float64) * obj.dtype.itemsize)
+        try:
+            stored = int(obj.id.get_storage_size())
+        except Exception as exc:  # corrupt layout messages
+            self.fail(path, f"unreadable ({exc})")
+        if declared > max_bytes or declared > MAX_COMPRESSION_RATIO * max(stored, 1) + (1 << 16):
+            self.fail(path, f"declares {declared} bytes ({stored} stored); refused before reading")
+
     def dataset(self, path: str, dtype, shape: tuple | None = None, finite: bool = False,
-                required: bool = True) -> np.ndarray | None:
+                required: bool = True, max_bytes: int = MAX_DATASET_BYTES) -> np.ndarray | None:
         if path not in self.f:
             if required:
                 self.fail(path, "required dataset is missing")
@@ -447,6 +462,7 @@ class _Reader:
             self.fail(path, f"dtype {obj.dtype}, expected {np.dtype(dtype)}")
         if shape is not None and tuple(obj.shape) != tuple(shape):
             self.fail(path, f"shape {tuple(obj.shape)}, expected {tuple(shape)}")
+        self.check_size(obj, path, max_bytes)
         try:
             data = obj[()]
         except Exception as exc:  # truncated / corrupt data chunks
@@ -539,6 +555,8 @@ def _read_config(r: _Reader, precision: str) -> dict[str, Any]:
     for key in POSITIVE_CONFIG:
         if cfg[key] <= 0:
             r.fail(f"/config field '{key}'", f"must be positive, got {cfg[key]}")
+    for problem in config_limit_errors(cfg):  # before any layout loop or allocation
+        r.fail("/config", problem)
     if cfg["hidden_size"] % cfg["num_attention_heads"]:
         r.fail("/config field 'hidden_size'", "not divisible by num_attention_heads")
     if cfg["neuron"] not in NEURON_KINDS:
@@ -557,7 +575,13 @@ def _read_provenance(r: _Reader) -> dict[str, Any]:
 
 def _read_tokenizer(r: _Reader) -> dict[str, bytes]:
     files = r.json_attr(r.group("/tokenizer"), "files")
-    return {name: r.dataset(f"/tokenizer/{name}", np.uint8).tobytes() for name in files}
+    if not isinstance(files, list) or len(files) > MAX_TOKENIZER_FILES:
+        r.fail("/tokenizer attribute 'files'", f"must be a list of at most {MAX_TOKENIZER_FILES} file names")
+    for name in files:  # the names become files in a directory (write_tokenizer): plain names only
+        if not plain_file_name(name):
+            r.fail("/tokenizer attribute 'files'", f"{name!r} is not a plain file name")
+    return {name: r.dataset(f"/tokenizer/{name}", np.uint8, max_bytes=MAX_TOKENIZER_BYTES).tobytes()
+            for name in files}
 
 
 def _read_embeddings(r: _Reader, cfg: dict) -> dict[str, np.ndarray]:

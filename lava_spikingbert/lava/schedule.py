@@ -33,7 +33,11 @@ def file_tokenizer(mf: ModelFile, max_length: int):
     data = mf.tokenizer_files.get("tokenizer.json")
     if not data:
         raise ModelFileError(f"{mf.path or 'model file'}: no tokenizer.json stored in /tokenizer")
-    tok = Tokenizer.from_str(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else str(data))
+    try:
+        tok = Tokenizer.from_str(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else str(data))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on invalid JSON/models
+        raise ModelFileError(f"{mf.path or 'model file'}: /tokenizer/tokenizer.json is not a valid tokenizer "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     tok.no_padding()
     tok.enable_truncation(max_length=max_length)
     return tok

@@ -11,9 +11,11 @@ from typing import Any
 from lava_spikingbert.contract.atomic import atomic_write_text
 from lava_spikingbert.contract.constants import NEURON_KINDS, WEIGHT_MODES
 from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.limits import MAX_CONFIG_BYTES, config_limit_errors
 
 GRAD_POINTS = ("snn", "ann")
 PROBLEM_TYPES = ("classification", "regression")
+CONFIG_FORMAT_VERSION = 1  # config.json's "format_version" (files without it are read as version 1)
 # what a training step's forward values are (``training.distill.StageSettings.forward``):
 # "spiking" = the ASRs of a ``t_conv``-step simulation with gradients from the steady-state
 # equations (SpikingBERT; the default); "rate_ann" = the steady-state map itself chained from the
@@ -92,6 +94,8 @@ class SpikingBertConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
+        for problem in config_limit_errors(self.to_dict()):  # before a model of that size is allocated
+            raise ConfigError(f"config field {problem}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"config field 'hidden_size' ({self.hidden_size}) must be divisible by "
@@ -128,10 +132,16 @@ class SpikingBertConfig:
         unknown = sorted(set(data) - known - {"model_type", "format_version"})
         if unknown:
             raise ConfigError(f"{source}: unknown config field(s) {unknown}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        version = data.get("format_version", CONFIG_FORMAT_VERSION)
+        if version != CONFIG_FORMAT_VERSION or isinstance(version, bool):
+            raise ConfigError(f"{source}: format_version {version!r}; this version reads {CONFIG_FORMAT_VERSION}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:  # e.g. a field holding a list where a number belongs
+            raise ConfigError(f"{source}: {exc}") from None
 
     def to_json_string(self) -> str:
-        payload = {"model_type": "spikingbert", "format_version": 1, **self.to_dict()}
+        payload = {"model_type": "spikingbert", "format_version": CONFIG_FORMAT_VERSION, **self.to_dict()}
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -143,6 +153,8 @@ class SpikingBertConfig:
         if path.is_dir():
             path = path / "config.json"
         try:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path}: {path.stat().st_size} bytes, not a config (limit {MAX_CONFIG_BYTES})")
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: no config.json (is this a spikingbert checkpoint directory?)") from None

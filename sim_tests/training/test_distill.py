@@ -250,11 +250,13 @@ def test_resume_after_kill(tmp_path, glue_dir, tiny_teacher_dir):
     while proc.poll() is None and psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED \
             and time.time() < deadline:
         time.sleep(0.05)
-    assert (out / "checkpoint" / "training_state.pt").is_file()
+    assert (out / "checkpoint" / "training_state.safetensors").is_file()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert torch.load(out / "checkpoint" / "training_state.pt", weights_only=False)["step"] == 3
+    from training.safe_state import load_state
+
+    assert load_state(out / "checkpoint" / "training_state.safetensors")["step"] == 3
     assert not (out / "final").exists()
     resumed = subprocess.run(cmd + ["--out", str(out), "--resume"], env=env, capture_output=True, text=True,
                              timeout=600)

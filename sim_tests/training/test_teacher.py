@@ -155,7 +155,7 @@ def test_finetune_writes_loadable_hf_dir_and_metrics(tiny_teacher, tmp_path):
     assert steps == [3, 5, 6, 9, 10]  # every 3 steps + each epoch end
     best = max(h["accuracy"] for h in metrics["history"])
     assert metrics["dev"]["accuracy"] == best
-    assert (out / "config.json").is_file() and (out / "training_state" / "state.pt").is_file()
+    assert (out / "config.json").is_file() and (out / "training_state" / "state.safetensors").is_file()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dirs left
     model, tok = load_teacher(out, num_labels=None)
     assert model.config.num_labels == 2 and model.config.id2label == {0: "0", 1: "1"}
@@ -186,8 +186,10 @@ def test_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
     resumed = _ft(tiny_teacher, glue, tmp_path / "part", resume=True)
     assert resumed["completed"] and resumed["global_step"] == full["global_step"] == 10
     assert resumed["history"] == full["history"] and resumed["dev"] == full["dev"]
-    sa = torch.load(tmp_path / "full" / "training_state" / "state.pt", weights_only=False)
-    sb = torch.load(tmp_path / "part" / "training_state" / "state.pt", weights_only=False)
+    from training.safe_state import load_state
+
+    sa = load_state(tmp_path / "full" / "training_state" / "state.safetensors")
+    sb = load_state(tmp_path / "part" / "training_state" / "state.safetensors")
     for k, v in sa["model"].items():
         assert torch.equal(v, sb["model"][k]), k
     from safetensors.torch import load_file
