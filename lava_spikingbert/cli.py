@@ -30,6 +30,10 @@ def _add_data_args(p: argparse.ArgumentParser, task_required: bool = False) -> N
     p.add_argument("--task", default=None if not task_required else "sst2",
                    help="GLUE task (sst2, cola, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli) or 'custom'")
     p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
+    _add_custom_file_args(p)
+
+
+def _add_custom_file_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-file", default=None, help="custom TSV/CSV (with --task custom): the split to use")
     p.add_argument("--train-file", default=None, help="custom TSV/CSV training file (with --task custom)")
     p.add_argument("--text-columns", default="sentence", help="custom data: 1 or 2 comma-separated text columns")
@@ -55,6 +59,19 @@ def _task_and_examples(args, split: str, limit: int | None = None):
                                  labels=spec.labels, limit=limit)
     spec = get_task(args.task or "sst2")
     return spec, load_glue(spec, split, args.glue_dir, limit=limit)
+
+
+def _custom_files(args):
+    """The pipeline's ``CustomFiles`` from ``--task custom`` and its file options (None for a GLUE task)."""
+    from training.pipeline_data import CustomFiles
+
+    if (args.task or "").lower() != "custom":
+        return None
+    if not args.train_file or not args.data_file:
+        raise CliError("--task custom needs --train-file (training) and --data-file (the split reported on)")
+    return CustomFiles(args.train_file, args.data_file, text_columns=tuple(c for c in args.text_columns.split(",") if c),
+                       label_column=args.label_column, task_type=args.task_type,
+                       labels=tuple(args.labels.split(",")) if args.labels else None)
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -178,13 +195,18 @@ def cmd_eval(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from training.pipeline import run_pipeline
+    from training.pipeline_data import HOLDOUT_FRACTION
 
     eval_t = tuple(args.eval_t)
+    if args.holdout_fraction is not None and args.select_on != "holdout":
+        raise CliError("--holdout-fraction needs --select-on holdout")
     run_pipeline(args.task, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, budget=args.budget,
                  resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
                  init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
                  general_corpus=args.corpus, seed=args.seed, weights=args.weights,
-                 train_forward=args.train_forward, neuron=args.neuron)
+                 train_forward=args.train_forward, neuron=args.neuron,
+                 custom=_custom_files(args), select_on=args.select_on,
+                 holdout_fraction=HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction)
     return 0
 
 
@@ -349,10 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("pipeline", help="teacher -> 3 KD stages -> evaluation vs T (the main job)")
-    p.add_argument("--task", default="sst2")
+    p.add_argument("--task", default="sst2", help="GLUE task, or 'custom' with --train-file and --data-file")
     p.add_argument("--glue-dir", default=None)
+    _add_custom_file_args(p)
+    p.add_argument("--select-on", default="dev", choices=("dev", "holdout"),
+                   help="the data the teacher's epoch and the prediction stage's checkpoint are chosen on: the "
+                        "reported dev split (default), or 'holdout', a stratified share of the training set "
+                        "that is left out of training")
+    p.add_argument("--holdout-fraction", type=float, default=None,
+                   help="with --select-on holdout: the share of the training set held out (default 0.1, at most "
+                        "1000 sentences)")
     p.add_argument("--out", default="runs/sst2")
-    p.add_argument("--budget", default="default", choices=("tiny", "default", "full"))
+    p.add_argument("--budget", default="default", choices=("tiny", "default", "full"),
+                   help="training lengths: 'default' is sized from the training set (SST-2 gets the tuned 1-epoch "
+                        "teacher and 300/1300/600 steps; docs/RESULTS.md), 'tiny' (a smoke test) and 'full' are fixed")
     p.add_argument("--teacher", default=None, help="base teacher directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--restart", action="store_true",
                    help="train everything again (teacher and all stages), replacing the outputs in --out; "
