@@ -200,6 +200,8 @@ def cmd_pipeline(args) -> int:
     eval_t = tuple(args.eval_t)
     if args.holdout_fraction is not None and args.select_on != "holdout":
         raise CliError("--holdout-fraction needs --select-on holdout")
+    if args.lava and not args.export:
+        raise CliError("--lava needs --export (the model file it runs)")
     run_pipeline(args.task, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, budget=args.budget,
                  resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
                  init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
@@ -207,7 +209,38 @@ def cmd_pipeline(args) -> int:
                  train_forward=args.train_forward, neuron=args.neuron,
                  custom=_custom_files(args), select_on=args.select_on,
                  holdout_fraction=HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction)
+    if args.export and os.environ.get("RANK", "0") == "0":  # under torchrun: once, after every rank finished
+        _export_after_pipeline(args)
     return 0
+
+
+def _export_after_pipeline(args) -> None:
+    """``pipeline --export P [--lava N]``: the final student's model file ``OUT/student_P.h5``, its
+    report (``OUT/report_P.json``, ``.png``) and, with ``--lava``, a Lava run on the first N
+    sentences of the reported split (``OUT/lava_P.json``), as the commands export, report and lava do."""
+    from hw_export.export import export_model
+    from hw_export.report import build_report, summary_lines
+
+    out = Path(args.out)
+    model_file = out / f"student_{args.export}.h5"
+    mf = export_model(out / "student", args.export, model_file)
+    print(f"wrote {model_file} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations)")
+    report = build_report(model_file, glue_dir=args.glue_dir, accuracy_json=str(out / "eval_vs_T.json"),
+                          png=out / f"report_{args.export}.png")
+    print("\n".join(summary_lines(report)))
+    _write_json(str(out / f"report_{args.export}.json"), report)
+    if not args.lava:
+        return
+    from lava_spikingbert.lava_eval import evaluate
+
+    custom = _custom_files(args)
+    spec = custom.spec() if custom is not None else None
+    examples = custom.load(spec, "dev", limit=args.lava) if custom is not None else None
+    res = evaluate(model_file, args.task, "dev", limit=args.lava, tag="floating_pt" if args.export == "fp32"
+                   else "fixed_pt", glue_dir=args.glue_dir, examples=examples, spec=spec, progress=True)
+    print(f"lava {res['tag']} on {res['n']} sentences: metrics={res['metrics']} "
+          f"agreement with torch={res['prediction_agreement']} count_match={res['spike_count_match']}")
+    _write_json(str(out / f"lava_{args.export}.json"), res)
 
 
 def cmd_export(args) -> int:
@@ -381,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-fraction", type=float, default=None,
                    help="with --select-on holdout: the share of the training set held out (default 0.1, at most "
                         "1000 sentences)")
+    p.add_argument("--export", default=None, choices=WEIGHT_MODES,
+                   help="at the end: write the final student's model file OUT/student_<precision>.h5 and its "
+                        "Loihi-2 report (OUT/report_<precision>.json)")
+    p.add_argument("--lava", type=positive_int, default=None, metavar="N",
+                   help="with --export: run the model file on the Lava simulator on the first N sentences of the "
+                        "reported split (fixed_pt; fp32: floating_pt), checking it against torch")
     p.add_argument("--out", default="runs/sst2")
     p.add_argument("--budget", default="default", choices=("tiny", "default", "full"),
                    help="training lengths: 'default' is sized from the training set (SST-2 gets the tuned 1-epoch "

@@ -268,3 +268,20 @@ def test_budget_floor_and_cap():
         for words in (5.0, 10.0, 30.0):
             b, _ = sized_budget(base, n, words)
             assert 0 < b.teacher_epochs <= 10 and all(s >= 100 for s in (b.general_steps, b.intermediate_steps))
+
+
+def test_custom_pipeline_exports_reports_and_runs_on_lava(tmp_path, tiny_teacher_dir, capsys):
+    """One command from two TSV files to a Loihi-ready model file, its report and a Lava check."""
+    train, test = _classification_files(tmp_path, n_train=24, n_dev=6)
+    out = tmp_path / "run"
+    args = ["pipeline", "--task", "custom", "--train-file", str(train), "--data-file", str(test), "--text-columns",
+            "review", "--label-column", "sentiment", "--teacher", str(tiny_teacher_dir), "--budget", "tiny",
+            "--layers", "2", "--t-conv", "4", "--max-length", "16", "--eval-t", "4", "--out", str(out)]
+    assert main(args + ["--lava", "2"]) == 2 and "--lava needs --export" in capsys.readouterr().err
+    assert main(args + ["--export", "int8", "--lava", "2"]) == 0
+    assert (out / "student_int8.h5").is_file() and (out / "report_int8.png").is_file()
+    report = json.loads((out / "report_int8.json").read_text())
+    assert report["accuracy_vs_t"]["values"]  # read from the pipeline's eval_vs_T.json
+    lava = json.loads((out / "lava_int8.json").read_text())
+    assert lava["task"] == "custom" and lava["n"] == 2 and lava["tag"] == "fixed_pt"
+    assert lava["prediction_agreement"] == 1.0 and lava["spike_count_match"] == 1.0
