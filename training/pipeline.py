@@ -265,6 +265,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                    "eval_vs_T": rows, "wall_s": time.perf_counter() - t_start, "student_dir": str(student_dir)}
         atomic_write_json(out / "pipeline_summary.json", summary)
         _print_table(rows, spec.main_metric, teacher_metrics)
+        print(f"checkpoints chosen on: {select_on}" + (f" ({len(holdout_ex)} training sentences held out)"
+                                                       if holdout_ex is not None else " (the reported split)"))
     dist.barrier()
     return {"rows": rows, "student_dir": student_dir, "teacher": teacher_metrics}
 

@@ -94,6 +94,31 @@ def test_every_glue_task_runs_through_the_pipeline(task, tmp_path, every_glue_di
     assert result["student_dir"] == out / "student" and (out / "student" / "config.json").is_file()
 
 
+def test_glue_regression_with_holdout_and_the_settings_of_earlier_runs(tmp_path, every_glue_dir, tiny_teacher_dir):
+    """A GLUE task with --select-on holdout (regression: a random, unstratified holdout); a run
+    directory whose settings predate the data and selection records is continued, not refused."""
+    out = tmp_path / "stsb"
+    run_pipeline("stsb", out, glue_dir=every_glue_dir, teacher_path=tiny_teacher_dir, budget=TINY, eval_t=(4,),
+                 select_on="holdout", holdout_fraction=0.25, **SMALL_MODEL)
+    settings = json.loads((out / "pipeline_settings.json").read_text())
+    assert settings["selection"]["sentences"] == 6 and settings["selection"]["stratified"] is False
+    teacher = json.loads((out / "teacher" / "teacher_metrics.json").read_text())
+    assert teacher["train_n"] == 18 and teacher["dev_n"] == 6
+    (row,) = json.loads((out / "eval_vs_T.json").read_text())
+    assert row["n"] == 12 and row["selected_on"] == "holdout"
+    out = tmp_path / "sst2"
+    first = run_pipeline("sst2", out, glue_dir=every_glue_dir, teacher_path=tiny_teacher_dir, budget=TINY,
+                         eval_t=(4,), **SMALL_MODEL)
+    settings = json.loads((out / "pipeline_settings.json").read_text())
+    assert settings["data"] is None and settings["selection"] == {"on": "dev"}
+    for key in ("data", "selection", "budget_rule", "data_paths"):  # as an earlier version wrote them
+        del settings[key]
+    (out / "pipeline_settings.json").write_text(json.dumps(settings))
+    again = run_pipeline("sst2", out, glue_dir=every_glue_dir, teacher_path=tiny_teacher_dir, budget=TINY,
+                         eval_t=(4,), **SMALL_MODEL)
+    assert again["rows"][0]["metrics"] == first["rows"][0]["metrics"]
+
+
 # ------------------------------------------------------------------------- the user's own files
 def _write_table(path: Path, header: list[str], rows: list[list[str]], delimiter: str = "\t") -> Path:
     path.write_text("\n".join(delimiter.join(r) for r in [header, *rows]) + "\n")
