@@ -31,6 +31,10 @@ def _add_data_args(p: argparse.ArgumentParser, task_required: bool = False) -> N
     p.add_argument("--task", default=None if not task_required else "sst2",
                    help="GLUE task (sst2, cola, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli) or 'custom'")
     p.add_argument("--glue-dir", default=None, help="GLUE directory (default: $GLUE_DIR or ../shared/data/glue)")
+    _add_custom_file_args(p)
+
+
+def _add_custom_file_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-file", default=None, help="custom TSV/CSV (with --task custom): the split to use")
     p.add_argument("--train-file", default=None, help="custom TSV/CSV training file (with --task custom)")
     p.add_argument("--text-columns", default="sentence", help="custom data: 1 or 2 comma-separated text columns")
@@ -68,6 +72,19 @@ def _check_output_file(path: str | None, flag: str) -> None:
     parent = next((q for q in p.absolute().parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise CliError(f"{flag} {path}: {parent} is a file, not a directory")
+
+
+def _custom_files(args):
+    """The pipeline's ``CustomFiles`` from ``--task custom`` and its file options (None for a GLUE task)."""
+    from training.pipeline_data import CustomFiles
+
+    if (args.task or "").lower() != "custom":
+        return None
+    if not args.train_file or not args.data_file:
+        raise CliError("--task custom needs --train-file (training) and --data-file (the split reported on)")
+    return CustomFiles(args.train_file, args.data_file, text_columns=tuple(c for c in args.text_columns.split(",") if c),
+                       label_column=args.label_column, task_type=args.task_type,
+                       labels=tuple(args.labels.split(",")) if args.labels else None)
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -221,14 +238,52 @@ def cmd_eval(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from training.pipeline import run_pipeline
+    from training.pipeline_data import HOLDOUT_FRACTION
 
     eval_t = tuple(args.eval_t)
+    if args.holdout_fraction is not None and args.select_on != "holdout":
+        raise CliError("--holdout-fraction needs --select-on holdout")
+    if args.lava and not args.export:
+        raise CliError("--lava needs --export (the model file it runs)")
     run_pipeline(args.task, args.out, glue_dir=args.glue_dir, teacher_path=args.teacher, budget=args.budget,
                  resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
                  init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
                  general_corpus=args.corpus, seed=args.seed, weights=args.weights,
-                 train_forward=args.train_forward, neuron=args.neuron, profile=args.profile)
+                 train_forward=args.train_forward, neuron=args.neuron, profile=args.profile,
+                 custom=_custom_files(args), select_on=args.select_on,
+                 holdout_fraction=HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction)
+    if args.export and os.environ.get("RANK", "0") == "0":  # under torchrun: once, after every rank finished
+        _export_after_pipeline(args)
     return 0
+
+
+def _export_after_pipeline(args) -> None:
+    """``pipeline --export P [--lava N]``: the final student's model file ``OUT/student_P.h5``, its
+    report (``OUT/report_P.json``, ``.png``) and, with ``--lava``, a Lava run on the first N
+    sentences of the reported split (``OUT/lava_P.json``), as the commands export, report and lava do."""
+    from hw_export.export import export_model
+    from hw_export.report import build_report, summary_lines
+
+    out = Path(args.out)
+    model_file = out / f"student_{args.export}.h5"
+    mf = export_model(out / "student", args.export, model_file)
+    print(f"wrote {model_file} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations)")
+    report = build_report(model_file, glue_dir=args.glue_dir, accuracy_json=str(out / "eval_vs_T.json"),
+                          png=out / f"report_{args.export}.png")
+    print("\n".join(summary_lines(report)))
+    _write_json(str(out / f"report_{args.export}.json"), report)
+    if not args.lava:
+        return
+    from lava_spikingbert.lava_eval import evaluate
+
+    custom = _custom_files(args)
+    spec = custom.spec() if custom is not None else None
+    examples = custom.load(spec, "dev", limit=args.lava) if custom is not None else None
+    res = evaluate(model_file, args.task, "dev", limit=args.lava, tag="floating_pt" if args.export == "fp32"
+                   else "fixed_pt", glue_dir=args.glue_dir, examples=examples, spec=spec, progress=True)
+    print(f"lava {res['tag']} on {res['n']} sentences: metrics={res['metrics']} "
+          f"agreement with torch={res['prediction_agreement']} count_match={res['spike_count_match']}")
+    _write_json(str(out / f"lava_{args.export}.json"), res)
 
 
 def cmd_export(args) -> int:
@@ -432,10 +487,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("pipeline", help="teacher -> 3 KD stages -> evaluation vs T (the main job)")
-    p.add_argument("--task", default="sst2")
+    p.add_argument("--task", default="sst2", help="GLUE task, or 'custom' with --train-file and --data-file")
     p.add_argument("--glue-dir", default=None)
+    _add_custom_file_args(p)
+    p.add_argument("--select-on", default="dev", choices=("dev", "holdout"),
+                   help="the data the teacher's epoch and the prediction stage's checkpoint are chosen on: the "
+                        "reported dev split (default), or 'holdout', a stratified share of the training set "
+                        "that is left out of training")
+    p.add_argument("--holdout-fraction", type=float, default=None,
+                   help="with --select-on holdout: the share of the training set held out (default 0.1, at most "
+                        "1000 sentences)")
+    p.add_argument("--export", default=None, choices=WEIGHT_MODES,
+                   help="at the end: write the final student's model file OUT/student_<precision>.h5 and its "
+                        "Loihi-2 report (OUT/report_<precision>.json)")
+    p.add_argument("--lava", type=positive_int, default=None, metavar="N",
+                   help="with --export: run the model file on the Lava simulator on the first N sentences of the "
+                        "reported split (fixed_pt; fp32: floating_pt), checking it against torch")
     p.add_argument("--out", default="runs/sst2")
-    p.add_argument("--budget", default="default", choices=("tiny", "default", "full"))
+    p.add_argument("--budget", default="default", choices=("tiny", "default", "full"),
+                   help="training lengths: 'default' is sized from the training set (SST-2 gets the tuned 1-epoch "
+                        "teacher and 300/1300/600 steps; docs/RESULTS.md), 'tiny' (a smoke test) and 'full' are fixed")
     p.add_argument("--teacher", default=None, help="base teacher directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--restart", action="store_true",
                    help="train everything again (teacher and all stages), replacing the outputs in --out; "

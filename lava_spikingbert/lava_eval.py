@@ -104,11 +104,12 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
              tag: str = "fixed_pt", t_conv: int | None = None, glue_dir: str | None = None,
              backend: str = "sim", batch_size: int = 16, parity: bool = True, pack: bool = True,
              window_tokens: int | None = None, workers: int = 1, timeout: float | None = None,
-             progress: bool = False) -> dict[str, ty.Any]:
+             progress: bool = False, examples: ty.Sequence | None = None, spec=None) -> dict[str, ty.Any]:
     """Classify a GLUE split with the Lava simulator; with ``parity``, compare every sentence's
     per-population spike counts (real tokens) and prediction with the torch reference on the same
     file. ``pack``: several sentences per window (see ``plan_runs``); ``batch_size`` then counts
-    windows per run."""
+    windows per run. ``examples`` and ``spec`` (a ``TaskSpec``) replace the GLUE task's file
+    (custom data; ``limit`` keeps the first ones)."""
     if backend not in ("sim", "loihi2"):
         raise SpikingBertError(f"backend must be sim or loihi2, got {backend!r}")
     requested, backend_note, run_cfg = backend, None, None
@@ -132,11 +133,11 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     T = int(t_conv if t_conv is not None else params.t_conv)
     if T <= 0:
         raise SpikingBertError(f"--t-conv must be positive, got {T}")
-    spec = get_task(task)
+    spec = get_task(spec if spec is not None else task)
     if params.num_labels != spec.num_labels:
         raise SpikingBertError(f"{model}: the model has {params.num_labels} outputs; task {spec.name} needs "
                          f"{spec.num_labels} (is --task the task it was trained for?)")
-    examples = load_glue(spec, split, glue_dir, limit=limit)
+    examples = load_glue(spec, split, glue_dir, limit=limit) if examples is None else list(examples)[:limit]
     if not examples:
         raise SpikingBertError(f"{task} {split}: no examples")
     max_len = int(params.max_length or mf.config["max_length"])

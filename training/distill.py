@@ -535,7 +535,7 @@ class StageRun:
         result = evaluate_student(self.student, self.dev, spec, dist=dist)
         self.student.train()
         value = result["metrics"][spec.main_metric]
-        self.history.append({"step": self.step, spec.main_metric: value})
+        self.history.append({"step": self.step, spec.main_metric: value, "n": result["n"]})
         if improves(value, self.best):
             self.best = value
             if dist.is_main:

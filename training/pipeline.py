@@ -42,9 +42,10 @@ from training.common import init_distributed, refuse_other_settings, seed_all
 from training.distill import (StageSettings, evaluate_student, init_loihi_student, init_student_from_teacher,
                               load_stage_result, loihi_config_from_teacher, run_stage, save_checkpoint,
                               settings_differences, stage_done, student_config_from_teacher)
+from training.pipeline_data import HOLDOUT_FRACTION, HOLDOUT_MAX, CustomFiles, carve_holdout, mean_words, sized_budget
 from training.readers import load_glue, plain_text_corpus
 from training.tasks import get_task
-from training.teacher import default_teacher_path, finetune_teacher, load_teacher
+from training.teacher import default_teacher_path, evaluate_teacher, finetune_teacher, load_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ PROFILE_BUDGETS = {"paper": BUDGETS, "loihi": LOIHI_BUDGETS}
 # per profile: student depth and deployed weights when not given
 PROFILE_DEFAULTS = {"paper": {"num_layers": 4, "weights": "fp32"}, "loihi": {"num_layers": 2, "weights": "int8"}}
 EVAL_T = (4, 8, 16, 32, 64)
+# the budget sized from the training set (training/pipeline_data.py: sized_budget); its lengths are the caps
+ADAPTIVE_BUDGETS = ("default",)
+SELECT_ON = ("dev", "holdout")  # the data the best checkpoint is chosen on
 RUN_SETTINGS_FILE = "pipeline_settings.json"
 USE_RESTART = " (use another --out, or --restart to start over in this one)"
 
@@ -146,9 +150,15 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                  max_length: int = 64, init: str = "layers", gold_labels: bool = False, temperature: float = 1.0,
                  eval_t: tuple[int, ...] = EVAL_T, general_corpus: str | None = None, seed: int = 42,
                  weights: str | None = None, train_forward: str = "rate_ann_warmup", neuron: str = "if_signed_pair",
-                 progress: bool = True, profile: str = "paper") -> dict:
+                 progress: bool = True, profile: str = "paper", custom: CustomFiles | None = None,
+                 select_on: str = "dev", holdout_fraction: float = HOLDOUT_FRACTION) -> dict:
     """``num_layers`` and ``weights`` default to the profile's (``PROFILE_DEFAULTS``); ``budget``
-    names one of the profile's budgets (``PROFILE_BUDGETS``)."""
+    names one of the profile's budgets (``PROFILE_BUDGETS``); a budget named in ``ADAPTIVE_BUDGETS``
+    is sized from the training set (``sized_budget``). ``custom``: the user's own files instead of a
+    GLUE task (``task`` is then ignored). ``select_on``: the split the teacher's epoch and the
+    prediction stage's checkpoint are chosen on, GLUE's dev split (which is also the reported one) or
+    ``holdout``, a stratified share of the training set (``holdout_fraction``, at most
+    ``HOLDOUT_MAX`` sentences, drawn with ``seed``) left out of training."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if profile not in PROFILE_BUDGETS:
         raise SpikingBertError(f"profile must be one of {tuple(PROFILE_BUDGETS)}, got {profile!r}")
@@ -156,9 +166,28 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     weights = weights if weights is not None else PROFILE_DEFAULTS[profile]["weights"]
     dist = init_distributed()
     b = PROFILE_BUDGETS[profile][budget] if isinstance(budget, str) else budget
-    spec = get_task(task)
+    if select_on not in SELECT_ON:
+        raise ValueError(f"select_on must be one of {SELECT_ON}, got {select_on!r}")
+    if custom is None and str(task).strip().lower() == "custom":
+        raise ValueError("task 'custom' needs its files (--train-file, --data-file)")
+    spec = custom.spec() if custom is not None else get_task(task)
     if profile == "loihi" and spec.is_regression:
         raise SpikingBertError(f"task {spec.name}: the loihi profile trains classifiers only")
+    # the data is read first: the budget is sized from the training set, and the settings name the data
+    train_ex = custom.load(spec, "train") if custom is not None else load_glue(spec, "train", glue_dir)
+    dev_ex = custom.load(spec, "dev", limit=b.dev_limit) if custom is not None \
+        else load_glue(spec, "dev", glue_dir, limit=b.dev_limit)
+    holdout_ex = None
+    selection = {"on": select_on}
+    if select_on == "holdout":
+        train_ex, holdout_ex = carve_holdout(train_ex, spec, seed=seed, fraction=holdout_fraction)
+        selection.update({"fraction": holdout_fraction, "max_sentences": HOLDOUT_MAX, "seed": seed,
+                          "sentences": len(holdout_ex), "stratified": not spec.is_regression})
+    budget_rule = None
+    if isinstance(budget, str) and budget in ADAPTIVE_BUDGETS:
+        b, budget_rule = sized_budget(b, len(train_ex), mean_words(train_ex))
+        if dist.is_main:
+            logger.info("budget %r sized from the training set: %s", budget, budget_rule)
     stage_forward(train_forward, "general")  # a bad choice fails now, not after the teacher's fine-tuning
     # the budget's batch size is global: under torchrun every rank takes its share of each step's
     # batch (checked before the teacher's fine-tuning, not after)
@@ -172,7 +201,9 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         "task": spec.name, "budget": dataclasses.asdict(b), "teacher": str(base_teacher_path),
         "num_layers": num_layers, "t_conv": t_conv, "max_length": max_length, "init": init,
         "gold_labels": gold_labels, "temperature": temperature, "general_corpus": general_corpus, "seed": seed,
-        "weights": weights, "train_forward": train_forward, "neuron": neuron, "profile": profile},
+        "weights": weights, "train_forward": train_forward, "neuron": neuron, "profile": profile,
+        "data": custom.record(spec) if custom is not None else None, "selection": selection,
+        "budget_rule": budget_rule, "data_paths": custom.paths() if custom is not None else None},
         resume=resume, dist=dist)
     if not resume:  # --restart: nothing of the earlier run may be continued, reused or mistaken for this one's
         if dist.is_main:
@@ -194,7 +225,12 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                 tm = finetune_teacher(spec, teacher_dir, glue_dir=glue_dir, teacher_path=base_teacher_path,
                                       epochs=b.teacher_epochs, max_length=max_length, seed=seed,
                                       limit_train=b.teacher_limit, limit_eval=b.dev_limit, resume=resume,
-                                      overwrite=not resume, progress=progress)
+                                      overwrite=not resume, progress=progress,
+                                      # GLUE with dev selection: the teacher reads GLUE's files itself
+                                      train_examples=None if custom is None and holdout_ex is None
+                                      else train_ex[: b.teacher_limit],
+                                      eval_examples=None if custom is None and holdout_ex is None
+                                      else (holdout_ex if holdout_ex is not None else dev_ex))
             timings["teacher"] = {"wall_s": time.perf_counter() - t0, "dev": tm.get("dev")}
         dist.barrier()
     teacher_metrics = _read_json(teacher_dir / "teacher_metrics.json")
@@ -203,12 +239,15 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         "limit_train": b.teacher_limit, "limit_eval": b.dev_limit})
     task_teacher, tokenizer = load_teacher(teacher_dir, num_labels=spec.num_labels, problem_type=spec.problem_type)
     base_teacher, _ = load_teacher(base_teacher_path, num_labels=None)
+    if holdout_ex is not None:  # the teacher's recorded metrics are the holdout's; the reported ones are dev's
+        teacher_metrics = {**teacher_metrics, "selected_on": "holdout", "holdout": teacher_metrics.get("dev"),
+                           "dev": evaluate_teacher(task_teacher, tokenizer, spec, examples=dev_ex,
+                                                   max_length=max_length)["metrics"] if dist.is_main else None}
 
     # data ----------------------------------------------------------------------------------------
-    train_ex = load_glue(spec, "train", glue_dir)
-    dev_ex = load_glue(spec, "dev", glue_dir, limit=b.dev_limit)
     train = encode(train_ex, tokenizer, max_length)
     dev = encode(dev_ex, tokenizer, max_length)
+    selection_data = encode(holdout_ex, tokenizer, max_length) if holdout_ex is not None else dev
     corpus = plain_text_corpus(general_corpus) if general_corpus else plain_text_corpus(train_ex)
     if b.general_limit:
         corpus = corpus[: b.general_limit]
@@ -226,6 +265,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                                              neuron=neuron)
     config.extra.update({"task": spec.name, "teacher": str(base_teacher_path), "init": init,
                          "train_forward": train_forward})
+    if custom is not None and spec.labels:  # the class order, for evaluating the student on the files later
+        config.extra["labels"] = list(spec.labels)
     if profile == "loihi":  # embeddings from the teacher, populations calibrated on the first stage's data
         student = LoihiSpikingMixer(config)
         init_loihi_student(student, base_teacher, general, embeddings=init != "none", seed=seed)
@@ -255,7 +296,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
             _check_completed_stage(stage_dir, settings, dist.world_size, neuron, profile)
             logger.info("stage %s already complete: %s", stage, stage_dir)
         else:
-            run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=dev,
+            run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=selection_data,
                       resume=resume, dist=dist, progress=progress)
         timings[stage] = {k: v for k, v in load_stage_result(stage_dir).items() if k in
                           ("wall_s", "sentences_per_s", "steps", "best_dev")}
@@ -277,7 +318,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                                  dist=dist)
             r.pop("predictions")
             rows.append({"task": spec.name, "split": "dev", "backend": "torch", "precision": precision,
-                         "profile": profile, "deployed": precision == weights, **r})
+                         "profile": profile, "deployed": precision == weights, "selected_on": select_on, **r})
             if dist.is_main:
                 logger.info("T=%d %s dev %s", T, precision, r["metrics"])
     if dist.is_main:
@@ -286,16 +327,22 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         plot_accuracy_vs_t(deployed, spec.main_metric, out / "accuracy_vs_T.png",
                            f"{spec.name}: spiking student ({profile}, {weights}) vs T")
         summary = {"task": spec.name, "profile": profile, "budget": b.__dict__, "processes": dist.world_size,
-                   "teacher": teacher_metrics, "stages": timings,
+                   "teacher": teacher_metrics, "stages": timings, "selection": selection,
+                   "budget_rule": budget_rule, "data": custom.paths() if custom is not None else None,
                    "eval_vs_T": rows, "wall_s": time.perf_counter() - t_start, "student_dir": str(student_dir)}
         atomic_write_json(out / "pipeline_summary.json", summary)
         _print_table(rows, spec.main_metric, teacher_metrics)
+        print(f"checkpoints chosen on: {select_on}" + (f" ({len(holdout_ex)} training sentences held out)"
+                                                       if holdout_ex is not None else " (the reported split)"))
     dist.barrier()
     return {"rows": rows, "student_dir": student_dir, "teacher": teacher_metrics}
 
 
 # settings introduced after runs had recorded theirs, with the value those runs used
-SETTINGS_ADDED_LATER = {"neuron": "if_subtract", "profile": "paper"}
+SETTINGS_ADDED_LATER = {"neuron": "if_subtract", "profile": "paper", "data": None, "selection": {"on": "dev"}}
+# settings recorded for the reader but not compared on a resume: the budget rule's inputs follow from
+# the data (compared as "data" or the task) and its outcome is compared as "budget"; paths may move
+SETTINGS_RECORDED_ONLY = ("budget_rule", "data_paths")
 
 
 def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> None:
@@ -305,7 +352,8 @@ def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> Non
     settings = json.loads(json.dumps(settings))  # as JSON would give them back (tuples -> lists)
     if resume and path.is_file():
         saved = {**SETTINGS_ADDED_LATER, **_read_json(path)}
-        refuse_other_settings({k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v},
+        refuse_other_settings({k: (saved.get(k), v) for k, v in settings.items()
+                               if k not in SETTINGS_RECORDED_ONLY and saved.get(k) != v},
                               f"{out} holds the outputs of a run with other settings{USE_RESTART}")
     elif resume and any((out / d).exists() for d in ("teacher", "stages")):
         logger.warning("%s: earlier outputs without a record of their settings (%s); reusing them", out,
