@@ -190,7 +190,13 @@ def cmd_pipeline(args) -> int:
 
 def cmd_export(args) -> int:
     from hw_export.export import export_model
+    from hw_export.loihi_export import checkpoint_profile, export_loihi
 
+    if checkpoint_profile(args.model) == "loihi":  # the checkpoint says which profile it holds
+        mf = export_loihi(args.model, args.precision, args.out)
+        print(f"wrote {args.out} (profile loihi, schema {mf.schema_version}, {mf.precision}, "
+              f"{len(mf.populations)} populations, {len(mf.synapses)} synapses, margin {mf.margin})")
+        return 0
     mf = export_model(args.model, args.precision, args.out, scale_exp=args.scale_exp, netx_head=args.netx_head,
                       head_t_conv=args.head_t_conv)
     print(f"wrote {args.out} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations, "
