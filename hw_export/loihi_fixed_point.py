@@ -1,7 +1,8 @@
 """Torch references of a profile-"loihi" model file, per sentence, with the margin convention.
 
 * :class:`LoihiFixedPoint`: the integer arithmetic of lava-nc 0.10.0's bit-accurate stock models
-  (``PyLifResetModelBitAcc``, ``PySparseModelBitAcc``/``PyDelaySparseModelBitAcc``), in int64:
+  (``PyLifResetModelBitAcc``, ``PySparseModelBitAcc``/``PyDelaySparseModelBitAcc``), exact
+  integers (carried in float32, see ``LoihiFixedPoint.simulate``):
 
   - synapse: the Lava weight is the file's 8-bit mantissa (already on its sign mode's grid, so
     Lava's clip + truncate leave it unchanged; the reader checks it); the dendritic sum of one
@@ -59,10 +60,6 @@ def margin_batch(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.ndarr
     return out, R
 
 
-def _shift(a: torch.Tensor, exp: int) -> torch.Tensor:
-    return torch.bitwise_left_shift(a, exp) if exp > 0 else torch.bitwise_right_shift(a, -exp)
-
-
 class LoihiFixedPoint:
     """The bit-accurate integer reference of a quantized loihi file."""
 
@@ -71,18 +68,17 @@ class LoihiFixedPoint:
             raise ValueError(f"{mf.path or 'model file'}: precision {mf.precision} has no fixed-point form")
         self.mf = mf
         self.pops, self.syns = loihi_layout(mf.config)
-        self.weights = {s.name: torch.from_numpy(s.weight_mant.astype(np.float64)) for s in mf.synapses.values()}
-        self.bias = {p.name: torch.from_numpy(p.bias_mant.astype(np.int64)) << p.bias_exp
+        self.weights = {s.name: torch.from_numpy(s.weight_mant.astype(np.float32)) for s in mf.synapses.values()}
+        self.bias = {p.name: torch.from_numpy((p.bias_mant.astype(np.int64) << p.bias_exp).astype(np.float32))
                      for p in mf.populations.values()}
-        self.vth = {p.name: int(p.vth_mant) << ACT_SHIFT for p in mf.populations.values()}
+        self.vth = {p.name: float(int(p.vth_mant) << ACT_SHIFT) for p in mf.populations.values()}
         self.mixing = mf.config["mixing"]
         self.k = int(mf.config["kernel_size"])
 
-    def _synapse(self, name: str, s: torch.Tensor) -> torch.Tensor:
-        """Integer dendritic sum of one synapse for spikes ``s`` (B, L, width_in); exact in float64."""
+    def _synapse(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Integer dendritic sum of one synapse for spikes ``x`` (B, L, width_in), see ``simulate``."""
         syn = self.mf.synapses[name]
         w = self.weights[name]
-        x = s.to(torch.float64)
         if syn.kind == "channel":
             acc = x @ w.T
         elif syn.kind == "residual":
@@ -96,38 +92,46 @@ class LoihiFixedPoint:
                 lo, hi = max(0, -off), min(L, L - off)
                 if lo < hi:
                     acc[:, lo:hi] += x[:, lo + off:hi + off] * w[:, j]
-        return _shift(acc.round().to(torch.int64), int(syn.weight_exp))
+        e = int(syn.weight_exp)
+        return acc * 2.0 ** e if e >= 0 else torch.floor(acc * 2.0 ** e)  # << e, or the flooring >> -e
 
     def simulate(self, a_in_embed: torch.Tensor, t_conv: int) -> dict[str, torch.Tensor]:
-        """Spike counts (B, L, width) of every population over one window of ``t_conv`` steps."""
-        v = {p["name"]: None for p in self.pops}
+        """Spike counts (B, L, width) of every population over one window of ``t_conv`` steps.
+
+        Integer arithmetic carried in float32 tensors, exact: every value is an integer below
+        2**24 in magnitude (a synapse sum is at most 256 * fan-in < 2**24 before its shift, a_in is
+        16-bit by the file's range check, ``v`` stays within +-(2**23 - 1) + 2**21 + 2**19 before
+        its clamp), so float32 matmuls and adds make no rounding."""
+        v: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         incoming = {p["name"]: [s for s in self.syns if s["target"] == p["name"]] for p in self.pops}
+        a_embed = a_in_embed.to(torch.float32)
         for _ in range(t_conv):
             spikes: dict[str, torch.Tensor] = {}
             for p in self.pops:
                 name = p["name"]
-                if name == EMBED:
-                    a = a_in_embed
-                else:
-                    a = sum(self._synapse(s["name"], spikes[s["source"]]) for s in incoming[name])
-                x = torch.bitwise_left_shift(a, ACT_SHIFT)
-                u = torch.where(x > WRAP, x - 2 * WRAP, x)
-                u = torch.where(u <= -WRAP, x + 2 * WRAP, u)
-                vv = (torch.zeros_like(u) if v[name] is None else v[name]) + u + self.bias[name]
-                vv = vv.clamp(-UV_MAX, UV_MAX)
+                a = a_embed if name == EMBED else \
+                    sum(self._synapse(s["name"], spikes[s["source"]]) for s in incoming[name])
+                u = a * float(1 << ACT_SHIFT)
+                if bool((u.abs() >= WRAP).any()):  # the LIF model's two-sided 24-bit wrap of u
+                    u64 = u.to(torch.float64)
+                    w = torch.where(u64 > WRAP, u64 - 2 * WRAP, u64)
+                    u = torch.where(w <= -WRAP, u64 + 2 * WRAP, w).to(torch.float32)
+                vv = u + self.bias[name] if name not in v else v[name] + u + self.bias[name]
+                vv.clamp_(-UV_MAX, UV_MAX)
                 s = vv > self.vth[name]
-                vv[s] = 0
+                vv.masked_fill_(s, 0.0)
                 v[name] = vv
-                spikes[name] = s
-                counts[name] = s.to(torch.int64) if name not in counts else counts[name] + s
+                sf = s.to(torch.float32)
+                spikes[name] = sf
+                counts[name] = sf if name not in counts else counts[name] + sf
         return counts
 
     def run(self, ids: list[np.ndarray], types: list[np.ndarray], t_conv: int | None = None) -> LoihiReferenceResult:
         T = int(t_conv or self.mf.config["t_conv"])
         a_in, R = margin_batch(self.mf, ids, types, fixed=True)
         counts = self.simulate(torch.from_numpy(a_in), T)
-        return _per_sentence(self.mf, {k: c.numpy() for k, c in counts.items()}, ids, R, T)
+        return _per_sentence(self.mf, {k: c.numpy().astype(np.int64) for k, c in counts.items()}, ids, R, T)
 
 
 def _per_sentence(mf: LoihiModelFile, counts: dict[str, np.ndarray], ids: list[np.ndarray], R: int,

@@ -225,7 +225,8 @@ def cmd_lava(args) -> int:
                    glue_dir=args.glue_dir, backend=args.backend, batch_size=args.batch_size,
                    parity=not args.no_parity, pack=args.pack, window_tokens=args.window, workers=args.workers,
                    progress=True)
-    print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}: "
+    print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}"
+          f"{' (profile loihi)' if res.get('profile') == 'loihi' else ''}: "
           f"metrics={res['metrics']} agreement={res['prediction_agreement']} "
           f"count_match={res['spike_count_match']} {res['sentences_per_s']:.2f} sent/s")
     _write_json(args.json, res)
@@ -417,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="several sentences side by side per window (block-diagonal attention; default): "
                         "fewer simulated steps. --no-pack: one sentence per window")
-    p.add_argument("--window", type=int, default=None, help="tokens per packed window (default 128)")
+    p.add_argument("--window", "--row-tokens", type=int, default=None,
+                   help="tokens per packed window (default 128); profile loihi: positions per row "
+                        "(default max(64, longest sentence + 2 margins))")
     p.add_argument("--workers", type=int, default=1,
                    help="Lava runs in this many parallel worker processes (for machines with more cores)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch reference")

@@ -1122,3 +1122,15 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             r.fail("Loihi 2 range check", problems[0] + more)
     return mf
+
+
+def model_file_profile(path: str | os.PathLike) -> str:
+    """The profile a model file holds (its root ``profile`` attribute; "paper" when absent), without
+    reading the rest; the full reader validates it."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            profile = f.attrs.get("profile", DEFAULT_PROFILE)
+    except (OSError, FileNotFoundError):
+        return DEFAULT_PROFILE  # read_model_file reports the problem with the file
+    return profile.decode() if isinstance(profile, bytes) else str(profile)
