@@ -42,7 +42,7 @@ WRAP = UV_MAX + 1  # 2**23: the LIF models wrap u into (-2**23, 2**23]
 
 @dataclass
 class LoihiReferenceResult:
-    """Per sentence: population -> (n_tokens, width) int64 spike counts over the window, and logits."""
+    """Per sentence: population -> (n_tokens, width) int32 spike counts over the window, and logits."""
 
     counts: list[dict[str, np.ndarray]]
     logits: np.ndarray  # (S, labels)
@@ -131,12 +131,12 @@ class LoihiFixedPoint:
         T = int(t_conv or self.mf.config["t_conv"])
         a_in, R = margin_batch(self.mf, ids, types, fixed=True)
         counts = self.simulate(torch.from_numpy(a_in), T)
-        return _per_sentence(self.mf, {k: c.numpy().astype(np.int64) for k, c in counts.items()}, ids, R, T)
+        return _per_sentence(self.mf, {k: c.numpy() for k, c in counts.items()}, ids, R, T)
 
 
 def _per_sentence(mf: LoihiModelFile, counts: dict[str, np.ndarray], ids: list[np.ndarray], R: int,
                   T: int) -> LoihiReferenceResult:
-    per = [{k: c[b, R:R + len(i)].astype(np.int64) for k, c in counts.items()} for b, i in enumerate(ids)]
+    per = [{k: c[b, R:R + len(i)].astype(np.int32) for k, c in counts.items()} for b, i in enumerate(ids)]
     logits = np.stack([mf.readout(c[mf.output_population], T) for c in per])
     return LoihiReferenceResult(per, logits)
 

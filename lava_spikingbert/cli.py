@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "fewer simulated steps. --no-pack: one sentence per window")
     p.add_argument("--window", "--row-tokens", type=int, default=None,
                    help="tokens per packed window (default 128); profile loihi: positions per row "
-                        "(default max(64, longest sentence + 2 margins))")
+                        "(default: longest sentence + 2 margins, rounded up to 16)")
     p.add_argument("--workers", type=int, default=1,
                    help="Lava runs in this many parallel worker processes (for machines with more cores)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch reference")

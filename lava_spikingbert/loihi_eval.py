@@ -65,7 +65,7 @@ def compare_counts(lava: list[dict[str, np.ndarray]], ref: list[dict[str, np.nda
     per_pop: dict[str, list[int]] = {}
     for s, (a, b) in enumerate(zip(lava, ref)):
         for name, c in a.items():
-            d = np.abs(c - b[name])
+            d = np.abs(c.astype(np.int64) - b[name])
             acc = per_pop.setdefault(name, [0, 0, 0])
             differs = bool(d.any())
             acc[0] += differs
@@ -78,9 +78,11 @@ def compare_counts(lava: list[dict[str, np.ndarray]], ref: list[dict[str, np.nda
 def evaluate_loihi(model: str | Path, task: str = "sst2", split: str = "dev", *, limit: int | None = None,
                    tag: str = "fixed_pt", t_conv: int | None = None, glue_dir: str | None = None,
                    parity: bool = True, row_tokens: int | None = None, timeout: float | None = None,
-                   progress: bool = False) -> dict[str, ty.Any]:
+                   progress: bool = False, max_tokens: int | None = None) -> dict[str, ty.Any]:
     """Classify a GLUE split with the loihi-profile Lava graph; with ``parity`` compare every
-    sentence's per-population counts and prediction with the torch reference of ``tag``."""
+    sentence's per-population counts and prediction with the torch reference of ``tag``.
+    ``max_tokens``: keep only the sentences of at most that many tokens (shorter rows, a smaller
+    graph; the result says how many were left out)."""
     if tag not in TAGS:
         raise SpikingBertError(f"--tag must be one of {TAGS}, got {tag!r}")
     t_start = time.perf_counter()
@@ -99,6 +101,12 @@ def evaluate_loihi(model: str | Path, task: str = "sst2", split: str = "dev", *,
         raise SpikingBertError(f"{task} {split}: no examples")
     tok = file_tokenizer(mf, int(mf.config["max_length"]))
     ids, types = tokenize(tok, examples)
+    n_all = len(examples)
+    if max_tokens is not None:
+        keep = [i for i, x in enumerate(ids) if len(x) <= max_tokens]
+        if not keep:
+            raise SpikingBertError(f"no sentence of at most {max_tokens} tokens")
+        examples, ids, types = [examples[i] for i in keep], [ids[i] for i in keep], [types[i] for i in keep]
     import_lava_runtime()
     rows = plan_rows(mf, ids, types, tag, row_tokens)
 
@@ -116,7 +124,8 @@ def evaluate_loihi(model: str | Path, task: str = "sst2", split: str = "dev", *,
     labels = np.asarray([ex.label for ex in examples])
     metrics = compute_metrics(spec, preds, labels) if all(ex.label is not None for ex in examples) else {}
     out: dict[str, ty.Any] = {
-        "profile": "loihi", "task": spec.name, "split": split, "n": len(examples), "tag": tag, "t_conv": T,
+        "profile": "loihi", "task": spec.name, "split": split, "n": len(examples), "n_left_out": n_all - len(examples),
+        "max_tokens": max_tokens, "tag": tag, "t_conv": T,
         "backend": "lava-sim", "precision": mf.precision, "metrics": metrics, "model": str(model),
         "rows": rows.n_rows, "row_tokens": int(rows.inputs.shape[1]), "margin": mf.margin, "steps": res.steps,
         "stored_synapses": res.synapses, "lava_s": lava_s, "timings": res.timings,

@@ -67,8 +67,8 @@ class LoihiRows:
 
 def plan_rows(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.ndarray], tag: str,
               row_tokens: int | None = None) -> LoihiRows:
-    """Pack sentences into rows with the file's margin; each token gets the host input of its
-    sentence position (position id j for token j)."""
+    """Pack sentences into rows of ``row_tokens`` positions with the file's margin; each token gets
+    the host input of its sentence position (position id j for token j)."""
     if tag not in TAGS:
         raise ValueError(f"tag must be one of {TAGS}, got {tag!r}")
     fixed = tag == "fixed_pt"
@@ -77,7 +77,8 @@ def plan_rows(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.ndarray]
                              "export with --precision int8 (or run --tag floating_pt)")
     R = mf.margin
     lengths = np.array([len(x) for x in ids], np.int64)
-    row_tokens = int(row_tokens or max(64, int(lengths.max()) + 2 * R))
+    need = int(lengths.max()) + 2 * R
+    row_tokens = int(row_tokens or -(-need // 16) * 16)  # default: the longest sentence + margins, rounded up to 16
     if int(lengths.max()) + 2 * R > row_tokens:
         raise SpikingBertError(f"--row-tokens {row_tokens} is shorter than the longest sentence ({int(lengths.max())} "
                                f"tokens) plus twice the margin {R}")
@@ -179,7 +180,7 @@ class LoihiNetwork:
         return [self.source, *self.counters.values(), *self.extra_boundary]
 
     def counts(self, name: str) -> np.ndarray:
-        """(rows, L_row, width) spike counts of a recorded population over its windows."""
+        """(rows, L_row, width) int32 spike counts of a recorded population over its windows."""
         width = self.mf.populations[name].width
         return np.array(np.load(self.count_paths[name], mmap_mode="r")).reshape(self.n_rows, self.n_tokens, width)
 
@@ -350,7 +351,7 @@ def run_rows(mf: LoihiModelFile, rows: LoihiRows, tag: str, *, t_steps: int | No
         timings = run_network(net, timeout=timeout, chunk_steps=chunk_steps, progress=progress)
         t0 = time.perf_counter()
         full = {name: net.counts(name) for name in net.count_paths}
-        per = [{name: c[r, s:s + n].astype(np.int64) for name, c in full.items()}
+        per = [{name: c[r, s:s + n].copy() for name, c in full.items()}
                for r, s, n in zip(rows.row, rows.start, rows.length)]
         timings["readout_s"] = time.perf_counter() - t0
     finally:
