@@ -148,11 +148,11 @@ def hidden_kd(out, teacher, batch, layer_map: list[int]) -> torch.Tensor:
     with torch.no_grad():
         t = teacher.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          token_type_ids=batch["token_type_ids"], output_hidden_states=True).hidden_states
-    L = min(out.attention_mask.shape[1], batch["input_ids"].shape[1])
-    valid = batch["attention_mask"][:, :L].bool()
+    valid = out.token_mask.bool()  # the taps hold the token positions (token j at index j)
+    L = valid.shape[1]
     total = 0.0
     for p, j in zip(out.projected, [0] + layer_map):
-        total = total + F.mse_loss(p[:, :L][valid], t[j][:, :L][valid])
+        total = total + F.mse_loss(p[valid], t[j][:, :L][valid])
     return total
 
 

@@ -26,7 +26,6 @@ whose integer form violates the Loihi 2 ranges (``contract.model_file.loihi_rang
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 
@@ -40,9 +39,9 @@ from lava_spikingbert.contract.errors import SpikingBertError
 from lava_spikingbert.contract.model_file import (LOIHI_PRECISIONS, LoihiModelFile, LoihiPopulation, LoihiSynapse,
                                                   loihi_layout, loihi_margin, loihi_range_problems, read_model_file,
                                                   write_model_file)
-from lava_spikingbert.model.checkpoint import load_weights
 from lava_spikingbert.model.loihi import LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import make_quantizer
+from lava_spikingbert.model.student import load_student, profile_of
 
 # the input population's integer unit: vth = 2**14 leaves the 16-bit a_in room for currents up to ~2 vth
 INPUT_SCALE_EXP = 14
@@ -124,7 +123,10 @@ def loihi_file_from_model(model: LoihiSpikingMixer, precision: str = "int8", *, 
         raise LoihiExportError(f"the model was trained with {c.weights} weights: export it with --precision {c.weights}")
     vth = float(c.vth)
     cfg = {k: v for k, v in c.to_dict().items() if k != "extra"}
-    cfg.update(weights=precision, margin=loihi_margin(c.num_layers, c.kernel_size, c.mixing))
+    cfg.update(weights=precision, margin=c.margin)
+    if c.margin != loihi_margin(c.num_layers, c.kernel_size, c.mixing):  # the two sides of the contract agree
+        raise LoihiExportError(f"config margin {c.margin} differs from the model file's convention "
+                               f"{loihi_margin(c.num_layers, c.kernel_size, c.mixing)}")
     pops_l, syns_l = loihi_layout(cfg)
     quant = precision == "int8"
     quantizer = make_quantizer("int8", vth) if quant else None
@@ -189,33 +191,15 @@ def loihi_file_from_model(model: LoihiSpikingMixer, precision: str = "int8", *, 
     return mf
 
 
-def checkpoint_profile(model_dir: str | Path) -> str:
-    """The profile a checkpoint directory's config.json declares ("paper" when absent)."""
-    cfg_file = Path(model_dir) / "config.json"
-    try:
-        data = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise SpikingBertError(f"{cfg_file}: missing (not a checkpoint directory)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpikingBertError(f"{cfg_file}: unreadable ({exc})") from None
-    profile = data.get("profile", "paper") if isinstance(data, dict) else "paper"
-    return profile
-
-
-def load_loihi_student(model_dir: str | Path) -> LoihiSpikingMixer:
-    """A loihi-profile checkpoint directory (config.json + model.safetensors) as a model in eval mode."""
-    model = LoihiSpikingMixer(LoihiConfig.load(model_dir))
-    load_weights(model, model_dir)
-    return model.eval()
-
-
 def export_loihi(model, precision: str, out: str | Path) -> LoihiModelFile:
     """Write a loihi model file of ``model`` (a checkpoint directory or a ``LoihiSpikingMixer``);
     returns the file as read back through the validating reader."""
     model_dir = None
     if isinstance(model, (str, Path)):
         model_dir = Path(model)
-        model = load_loihi_student(model_dir)
+        model = load_student(model_dir)
+        if not isinstance(model, LoihiSpikingMixer):
+            raise LoihiExportError(f"{model_dir}: a {profile_of(model)}-profile checkpoint, not loihi")
     mf = loihi_file_from_model(model, precision, tokenizer_files=tokenizer_files(model_dir),
                                provenance={"source": str(model_dir) if model_dir else None})
     write_model_file(out, mf)

@@ -16,6 +16,7 @@ from pathlib import Path
 from lava_spikingbert.contract.atomic import atomic_write_json
 from lava_spikingbert.contract.constants import NEURON_KINDS, WEIGHT_MODES
 from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.contract.model_file import PROFILES
 from lava_spikingbert.model.config import PIPELINE_FORWARDS, TRAIN_FORWARDS
 
 EXIT_USAGE = 2
@@ -87,11 +88,15 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    from lava_spikingbert.model.checkpoint import read_profile
     from lava_spikingbert.model.encoder import SpikingBert
+    from lava_spikingbert.model.loihi import LoihiSpikingMixer
+    from lava_spikingbert.model.student import load_student
     from training.common import init_distributed, seed_all
     from training.batching import encode
     from training.readers import plain_text_corpus
-    from training.distill import StageSettings, init_student_from_teacher, run_stage, student_config_from_teacher
+    from training.distill import (StageSettings, init_loihi_student, init_student_from_teacher, loihi_config_from_teacher,
+                                  run_stage, student_config_from_teacher)
     from training.teacher import load_teacher
 
     dist = init_distributed()
@@ -103,15 +108,26 @@ def cmd_distill(args) -> int:
     layer_map = args.layer_map
     seed_all(args.seed)  # a new student's random parts (W_Td, classifier) are reproducible
     if args.student:
-        student = SpikingBert.from_pretrained(args.student)
+        profile = read_profile(args.student)
+        if args.profile is not None and args.profile != profile:
+            raise CliError(f"--profile {args.profile}: {args.student} holds a {profile!r}-profile student")
+        student = load_student(args.student)
         if args.max_length > student.config.max_length:
             raise CliError(f"--max-length {args.max_length} exceeds the student's max_length "
                            f"{student.config.max_length} ({args.student}/config.json)")
         if student.config.num_labels != spec.num_labels:
             raise CliError(f"{args.student} has {student.config.num_labels} outputs; task {spec.name} needs "
                            f"{spec.num_labels}")
+    elif args.profile == "loihi":
+        if spec.is_regression:
+            raise CliError(f"task {spec.name}: the loihi profile trains classifiers only")
+        config = loihi_config_from_teacher(teacher.config, num_layers=args.layers or 2, t_conv=args.t_conv,
+                                           max_length=args.max_length, num_labels=spec.num_labels)
+        student = LoihiSpikingMixer(config)
+        calibration = encode(train_ex, tokenizer, args.max_length)
+        init_loihi_student(student, teacher, calibration, embeddings=args.init != "none", seed=args.seed)
     else:
-        config = student_config_from_teacher(teacher.config, num_layers=args.layers, t_conv=args.t_conv,
+        config = student_config_from_teacher(teacher.config, num_layers=args.layers or 4, t_conv=args.t_conv,
                                              max_length=args.max_length, num_labels=spec.num_labels,
                                              problem_type="regression" if spec.is_regression else "classification",
                                              neuron=args.neuron)
@@ -137,7 +153,8 @@ def cmd_distill(args) -> int:
                              gold_labels=args.gold_labels, seed=args.seed, weights=args.weights, layer_map=layer_map,
                              checkpoint_every=args.checkpoint_every, run_steps=args.run_steps,
                              att_weight=args.att_weight, rep_weight=args.rep_weight,
-                             forward=args.train_forward)
+                             forward=args.train_forward, logit_weight=args.logit_weight,
+                             eval_start=args.eval_start, embed_lr=args.embed_lr)
     result = run_stage(settings, student, teacher, train, args.out, tokenizer=tokenizer, spec=spec, dev=dev,
                        resume=args.resume, dist=dist)
     if dist.is_main:
@@ -149,12 +166,12 @@ def cmd_distill(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from lava_spikingbert.model.encoder import SpikingBert
+    from lava_spikingbert.model.student import load_student
     from training.batching import encode
     from training.distill import evaluate_student
 
     torch.set_num_threads(args.threads)
-    model = SpikingBert.from_pretrained(args.model)
+    model = load_student(args.model)  # either profile (config.json says which)
     tokenizer = _load_tokenizer(args.model)
     if (args.task or "").lower() == "custom" and not args.labels and model.config.extra.get("labels"):
         args.labels = ",".join(model.config.extra["labels"])  # the classes in the order it was trained with
@@ -184,15 +201,16 @@ def cmd_pipeline(args) -> int:
                  resume=not args.restart, num_layers=args.layers, t_conv=args.t_conv, max_length=args.max_length,
                  init=args.init, gold_labels=args.gold_labels, temperature=args.temperature, eval_t=eval_t,
                  general_corpus=args.corpus, seed=args.seed, weights=args.weights,
-                 train_forward=args.train_forward, neuron=args.neuron)
+                 train_forward=args.train_forward, neuron=args.neuron, profile=args.profile)
     return 0
 
 
 def cmd_export(args) -> int:
     from hw_export.export import export_model
-    from hw_export.loihi_export import checkpoint_profile, export_loihi
+    from hw_export.loihi_export import export_loihi
+    from lava_spikingbert.model.checkpoint import read_profile
 
-    if checkpoint_profile(args.model) == "loihi":  # the checkpoint says which profile it holds
+    if read_profile(args.model) == "loihi":  # the checkpoint says which profile it holds
         mf = export_loihi(args.model, args.precision, args.out)
         print(f"wrote {args.out} (profile loihi, schema {mf.schema_version}, {mf.precision}, "
               f"{len(mf.populations)} populations, {len(mf.synapses)} synapses, margin {mf.margin})")
@@ -311,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, help="student checkpoint to start from (default: new student)")
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"),
                    help="new student: copy teacher embeddings (+ mapped layers)")
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layers", type=int, default=None, help="new student: layers (default: 4 paper, 2 loihi)")
+    p.add_argument("--profile", default=None, choices=PROFILES,
+                   help="new student: model profile (default paper; loihi = stock Lava processes only); "
+                        "with --student it must match the checkpoint's")
     p.add_argument("--layer-map", type=int_list, default=None,
                    help="teacher layer (1-based) per student layer, e.g. 3,6,9,12")
     p.add_argument("--t-conv", type=positive_int, default=16, help="new student: evaluation simulation steps")
@@ -330,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--att-weight", type=float, default=1.0, help="internal-layer KD: weight of the attention MSE")
     p.add_argument("--rep-weight", type=float, default=1.0, help="internal-layer KD: weight of the hidden-state MSE")
+    p.add_argument("--logit-weight", type=float, default=0.0,
+                   help="general/internal-layer KD: + this weight * soft cross-entropy on the teacher's logits")
+    p.add_argument("--eval-start", action="store_true",
+                   help="prediction stage: the starting weights are a candidate for the best dev checkpoint")
+    p.add_argument("--embed-lr", type=float, default=None, help="learning rate of the embeddings (default: --lr)")
     p.add_argument("--gold-labels", action="store_true", help="prediction stage: train on gold labels")
     p.add_argument("--corpus", default=None, help="general stage: plain-text file, one sentence per line")
     p.add_argument("--weights", default="fp32", choices=WEIGHT_MODES)
@@ -364,7 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="train everything again (teacher and all stages), replacing the outputs in --out; "
                         "without it a re-run continues them and refuses other settings")
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--profile", default="paper", choices=PROFILES,
+                   help="paper = SpikingBERT's graph (default); loihi = a spiking ConvMixer of stock Lava "
+                        "processes (its own budgets, 2 layers, int8 QAT by default)")
+    p.add_argument("--layers", type=int, default=None, help="student layers (default: 4 paper, 2 loihi)")
     p.add_argument("--t-conv", type=positive_int, default=16)
     add_neuron_arg(p, default="if_signed_pair")
     p.add_argument("--max-length", type=int, default=64)
@@ -373,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--eval-t", type=int_list, default="4,8,16,32,64")
     p.add_argument("--corpus", default=None)
-    p.add_argument("--weights", default="fp32", choices=WEIGHT_MODES)
+    p.add_argument("--weights", default=None, choices=WEIGHT_MODES,
+                   help="the deployed weights (default: fp32 paper, int8 loihi)")
     p.add_argument("--seed", type=int, default=42)
     add_train_forward_arg(p, pipeline=True)
     p.set_defaults(func=cmd_pipeline)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up the environment when missing, then teacher -> 3-stage distillation -> evaluation
-# on SST-2 (default budget; offline). Extra arguments go to `spikingbert pipeline`.
+# on SST-2 (default budget; offline). Extra arguments go to `spikingbert pipeline`, e.g. `--profile loihi`
+# for the student made of stock Lava processes (docs/loihi_profile_design.md).
 #
 # The distillation runs data-parallel on the cores (torchrun, gloo): PROCS processes with one
 # intra-op thread each step faster than one process with 2 intra-op threads (small ops scale

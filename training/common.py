@@ -52,24 +52,35 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, *,
-                   head_lr: float | None = None, head_prefix: str = "classifier.") -> torch.optim.Optimizer:
+                   head_lr: float | None = None, head_prefix: str = "classifier.",
+                   embed_lr: float | None = None, embed_prefixes: tuple[str, ...] = ("embeddings.",)
+                   ) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, LayerNorm parameters and other 1-d tensors (as BERT).
 
     ``head_lr``: a separate learning rate for the parameters under ``head_prefix`` (the task
     head). A head trained from scratch on top of a distilled body needs a far larger step than
-    the body's fine-tuning rate to move its logits within a short schedule."""
-    decay, no_decay, head = [], [], []
+    the body's fine-tuning rate to move its logits within a short schedule.
+
+    ``embed_lr``: a separate learning rate, without weight decay, for the parameters under
+    ``embed_prefixes`` (the teacher-initialised embeddings, which should move slower than a
+    network trained from scratch)."""
+    decay, no_decay, head, embed = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if head_lr is not None and name.startswith(head_prefix):
             head.append(p)
             continue
+        if embed_lr is not None and name.startswith(embed_prefixes):
+            embed.append(p)
+            continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name or name.endswith(".bias")
          else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if head:
         groups.append({"params": head, "weight_decay": 0.0, "lr": head_lr})
+    if embed:
+        groups.append({"params": embed, "weight_decay": 0.0, "lr": embed_lr})
     try:  # the fused kernel is faster than the per-tensor loop on CPU
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):

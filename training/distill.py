@@ -14,6 +14,12 @@ states do not.
 
 The loop below reads top to bottom; checkpoints are written atomically and ``resume=True``
 continues a killed run to the same weights an uninterrupted run reaches.
+
+The same loop trains the loihi profile's ``LoihiSpikingMixer`` (``model.loihi``; the profile is
+the student's class): it has no attention, so the internal-layer loss is the hidden-state MSE of
+its taps (embedding population and layer outputs, through its ``fit`` projections) alone, plus
+``logit_weight`` times the soft cross-entropy on the teacher's logits; its rate ANN is
+``mode="rate"``; its int8 weights are ``set_weights("int8")`` (QAT, straight-through).
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ from tqdm.auto import tqdm
 
 from lava_spikingbert.contract.atomic import atomic_directory, atomic_write_json, recover_directory
 from lava_spikingbert.contract.errors import SpikingBertError
-from lava_spikingbert.model.checkpoint import write_model_files
+from lava_spikingbert.model.checkpoint import read_profile, write_model_files
 from lava_spikingbert.model.config import TRAIN_FORWARDS, SpikingBertConfig
 from lava_spikingbert.model.encoder import SpikingBert
 from lava_spikingbert.model.inference import predict_batches
+from lava_spikingbert.model.loihi import HOST_EMBEDDINGS, LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import attach_weight_quantizers
+from lava_spikingbert.model.student import load_student, profile_of
 from training.batching import EncodedDataset, length_bucketed_batches
 from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state)
@@ -74,6 +82,9 @@ class StageSettings:
     rep_weight: float = 1.0
     run_steps: int | None = None  # stop (resumably) after this many steps in this call
     forward: str = "spiking"  # see TRAIN_FORWARDS
+    logit_weight: float = 0.0  # internal-layer stages: + logit_weight * soft CE on the teacher's logits
+    eval_start: bool = False  # prediction stage: the starting weights are a best-of-dev candidate (step 0)
+    embed_lr: float | None = None  # learning rate of the host embeddings (None: lr)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -87,6 +98,8 @@ class StageSettings:
         if self.att_weight < 0 or self.rep_weight < 0 or self.att_weight + self.rep_weight == 0:
             raise ValueError(f"att_weight and rep_weight must be >= 0 and not both 0, got "
                              f"{self.att_weight}, {self.rep_weight}")
+        if self.logit_weight < 0:
+            raise ValueError(f"logit_weight must be >= 0, got {self.logit_weight}")
 
 
 # settings that change how a run is watched or cut into calls, not the weights it ends with
@@ -136,6 +149,38 @@ def student_config_from_teacher(teacher_config, *, num_layers: int = 4, t_conv: 
         fit_size=teacher_config.hidden_size,
         **overrides,
     )
+
+
+def loihi_config_from_teacher(teacher_config, *, num_layers: int = 2, t_conv: int = 16, max_length: int = 64,
+                              num_labels: int = 2, **overrides) -> LoihiConfig:
+    """A loihi-profile student whose host embeddings are as wide as the teacher's (so they can be
+    copied) and whose KD projections map to the teacher's width; the network's own widths are
+    ``LoihiConfig``'s defaults unless overridden."""
+    return LoihiConfig(
+        vocab_size=teacher_config.vocab_size,
+        max_position_embeddings=teacher_config.max_position_embeddings,
+        type_vocab_size=teacher_config.type_vocab_size,
+        pad_token_id=teacher_config.pad_token_id if teacher_config.pad_token_id is not None else 0,
+        embed_size=teacher_config.hidden_size,
+        layer_norm_eps=teacher_config.layer_norm_eps,
+        fit_size=teacher_config.hidden_size,
+        num_layers=num_layers,
+        max_length=min(max_length, teacher_config.max_position_embeddings),
+        t_conv=t_conv,
+        num_labels=num_labels,
+        **overrides,
+    )
+
+
+def init_loihi_student(student: LoihiSpikingMixer, teacher, calibration: EncodedDataset | None, *,
+                       embeddings: bool = True, seed: int = 42, calibration_size: int = 256) -> None:
+    """Copy the teacher's embeddings (``embeddings``), then calibrate every population's input
+    current on ``calibration_size`` sentences of ``calibration`` (``LoihiSpikingMixer.calibrate_``)."""
+    if embeddings:
+        student.init_from_teacher(teacher)
+    if calibration is not None and len(calibration):
+        b = next(iter(length_bucketed_batches(calibration, calibration_size, shuffle=True, seed=seed)))
+        student.calibrate_(b["input_ids"], b["attention_mask"], b["token_type_ids"])
 
 
 def init_student_from_teacher(student: SpikingBert, teacher, *, layers: bool = True,
@@ -195,12 +240,14 @@ def attention_loss(student_scores: list[torch.Tensor], teacher_scores: list[torc
 def hidden_loss(projected: list[torch.Tensor], teacher_hidden: list[torch.Tensor], layer_map: list[int],
                 mask: torch.Tensor) -> torch.Tensor:
     """MSE between W_Td * ASR and the teacher's hidden states on real tokens: the student's
-    embedding population against the teacher's embeddings, layer i against teacher layer map[i]."""
+    embedding population against the teacher's embeddings, layer i against teacher layer map[i].
+    The student's positions are the first ones of the teacher's (the loihi student's taps end at
+    its longest sentence; ``mask`` covers the student's positions)."""
     valid = mask.bool()
     sources = [0] + list(layer_map)
     total = 0.0
     for p, j in zip(projected, sources):
-        total = total + F.mse_loss(p[valid], teacher_hidden[j].to(p.dtype)[valid])
+        total = total + F.mse_loss(p[valid], teacher_hidden[j][:, : p.shape[1]].to(p.dtype)[valid])
     return total
 
 
@@ -305,10 +352,13 @@ class StageRun:
         self.tokenizer, self.dist = tokenizer, dist
         self.stage_dir = stage_dir
         self.ckpt_dir, self.final_dir = stage_dir / "checkpoint", stage_dir / "final"
-        if settings.weights != "fp32":  # quantization-aware KD: latent fp32 weights, quantized forward, STE
+        self.profile = profile_of(student)
+        if self.profile == "loihi":  # the stage trains with its weights (int8: QAT, straight-through)
+            student.set_weights(settings.weights)
+        elif settings.weights != "fp32":  # quantization-aware KD: latent fp32 weights, quantized forward, STE
             attach_weight_quantizers(student, settings.weights)
         self.layer_map, self.needs_teacher = self._check_inputs(settings)
-        self.regression = student.config.problem_type == "regression"
+        self.regression = getattr(student.config, "problem_type", "classification") == "regression"
         # the T the stage trains with, recorded as a number (None means the student's own t_conv)
         self.settings = replace(settings, t_conv=int(settings.t_conv or student.config.t_conv))
         self.step, self.best, self.history = 0, None, []
@@ -330,7 +380,8 @@ class StageRun:
         needs_teacher = settings.stage != "prediction" or not settings.gold_labels
         if needs_teacher and teacher is None:
             raise SpikingBertError(f"stage {settings.stage!r} needs a teacher")
-        if settings.stage != "prediction" and student.fit_dense is None:
+        projections = student.fit if self.profile == "loihi" else student.fit_dense
+        if settings.stage != "prediction" and projections is None:
             raise SpikingBertError("internal-layer distillation needs the W_Td projection: build the student with fit_size")
         return layer_map, needs_teacher
 
@@ -346,7 +397,9 @@ class StageRun:
         dist.barrier()
         seed_all(settings.seed)
         self.student.train()
-        self.optimizer = make_optimizer(self.student, settings.lr, settings.weight_decay, head_lr=settings.head_lr)
+        self.optimizer = make_optimizer(self.student, settings.lr, settings.weight_decay, head_lr=settings.head_lr,
+                                        embed_lr=settings.embed_lr,
+                                        embed_prefixes=HOST_EMBEDDINGS if self.profile == "loihi" else ("embeddings.",))
         self.scheduler = linear_schedule(self.optimizer, int(settings.warmup * settings.max_steps),
                                          settings.max_steps, decay=settings.decay)
         if resume and (self.ckpt_dir / STATE_FILE).is_file():
@@ -360,6 +413,9 @@ class StageRun:
         if saved.get("t_conv") is None:  # earlier versions saved None for "the student's t_conv"
             saved["t_conv"] = json.loads((ckpt_dir / "config.json").read_text())["t_conv"]
         diff = settings_differences(saved, self.settings)
+        saved_profile = read_profile(ckpt_dir)
+        if saved_profile != self.profile:
+            diff["profile"] = (saved_profile, self.profile)
         saved_world = state.get("world_size")  # not recorded by checkpoints of earlier versions
         if saved_world is not None and saved_world != dist.world_size:
             diff["processes"] = (saved_world, dist.world_size)
@@ -383,6 +439,8 @@ class StageRun:
             raise SpikingBertError(f"stage {settings.stage}: no training data ({len(self.train_data)} examples for "
                              f"{dist.world_size} process(es)); check the corpus / training file and --limit-train")
         self.start = time.perf_counter()
+        if settings.eval_start and self.step == 0 and not self.history:
+            self.evaluate()  # the starting weights compete for the best dev checkpoint (step 0)
         bar = tqdm(total=settings.max_steps, initial=self.step, desc=f"KD {settings.stage}",
                    disable=not (progress and dist.is_main))
         running = None
@@ -415,18 +473,30 @@ class StageRun:
         """One optimizer step on a batch; returns the loss and its parts."""
         settings, student = self.settings, self.student
         mask = batch["attention_mask"]
-        mode = "equilibrium" if settings.forward == "spiking" else "steady_state"
+        loihi = self.profile == "loihi"
+        rate_mode = "rate" if loihi else "steady_state"
+        mode = "equilibrium" if settings.forward == "spiking" else rate_mode
         out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=settings.t_conv)
         t_out = teacher_outputs(self.teacher, batch) if self.needs_teacher else None
         if settings.stage == "prediction":
             loss = prediction_loss(out.logits, t_out.logits if t_out is not None else None,
                                    batch.get("labels"), settings, self.regression)
             parts = {"pred": loss.item()}
+        elif loihi:  # no attention: hidden-state KD of the taps (token positions) only
+            rep = hidden_loss(out.projected, t_out.hidden_states, self.layer_map, out.token_mask)
+            loss = settings.rep_weight * rep
+            parts = {"rep": rep.item()}
         else:
             att = attention_loss(out.attention_scores, t_out.attention_scores, self.layer_map, mask)
             rep = hidden_loss(out.projected_hidden, t_out.hidden_states, self.layer_map, mask)
             loss = settings.att_weight * att + settings.rep_weight * rep
             parts = {"att": att.item(), "rep": rep.item()}
+        if settings.stage != "prediction" and settings.logit_weight:
+            if t_out.logits is None:
+                raise SpikingBertError(f"stage {settings.stage!r}: logit_weight needs a teacher with a task head")
+            logit = soft_cross_entropy(out.logits, t_out.logits, settings.temperature)
+            loss = loss + settings.logit_weight * logit
+            parts["logit"] = logit.item()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.average_gradients(student)
@@ -475,7 +545,7 @@ class StageRun:
         dist.check_in_sync(self.student)
         if dist.is_main:
             if settings.stage == "prediction" and (self.stage_dir / "best").is_dir():
-                save_checkpoint(self.final_dir, SpikingBert.from_pretrained(self.stage_dir / "best"), self.tokenizer)
+                save_checkpoint(self.final_dir, load_student(self.stage_dir / "best"), self.tokenizer)
             else:
                 save_checkpoint(self.final_dir, self.student, self.tokenizer)
             save_checkpoint(self.ckpt_dir, self.student, self.tokenizer, self.checkpoint_state())

@@ -6,6 +6,15 @@ student, HF-style), ``OUT/stages/{1-general,2-intermediate,3-prediction}/``, ``O
 is complete, so re-running with ``resume=True`` after a kill continues where it stopped; the
 settings are recorded in ``OUT/pipeline_settings.json`` and a re-run with other settings is refused.
 ``resume=False`` (``--restart``) trains everything again.
+
+``profile="loihi"`` trains the stock-Lava ``LoihiSpikingMixer`` (``model.loihi``) with the same
+teacher and stages, mapped onto them as the measured recipe (benchmarks/loihi_topology.py) does:
+a new student copies the teacher's embeddings and calibrates its populations; general KD = rate
+ANN, hidden-state KD against the pre-trained teacher; internal-layer KD = rate ANN, hidden-state KD
++ soft cross-entropy on the fine-tuned teacher's logits; prediction KD = spiking at ``t_conv``
+with equilibrium gradients, soft cross-entropy, the best dev checkpoint (the starting weights
+count as a candidate), with the deployed ``weights`` (default int8, QAT). The evaluation then
+reports the deployed model and the same weights at fp32.
 """
 
 from __future__ import annotations
@@ -21,13 +30,17 @@ from pathlib import Path
 import torch
 
 from lava_spikingbert.contract.atomic import atomic_save_figure, atomic_write_json
+from lava_spikingbert.contract.errors import SpikingBertError
+from lava_spikingbert.model.checkpoint import read_profile
 from lava_spikingbert.model.config import SpikingBertConfig, stage_forward
 from lava_spikingbert.model.encoder import SpikingBert
+from lava_spikingbert.model.loihi import LoihiSpikingMixer
+from lava_spikingbert.model.student import load_student
 from training.batching import encode
 from training.common import init_distributed, refuse_other_settings, seed_all
-from training.distill import (StageSettings, evaluate_student, init_student_from_teacher, load_stage_result,
-                              run_stage, save_checkpoint, settings_differences, stage_done,
-                              student_config_from_teacher)
+from training.distill import (StageSettings, evaluate_student, init_loihi_student, init_student_from_teacher,
+                              load_stage_result, loihi_config_from_teacher, run_stage, save_checkpoint,
+                              settings_differences, stage_done, student_config_from_teacher)
 from training.readers import load_glue, plain_text_corpus
 from training.tasks import get_task
 from training.teacher import default_teacher_path, finetune_teacher, load_teacher
@@ -68,6 +81,22 @@ BUDGETS = {
     "full": Budget(teacher_epochs=3, general_steps=1000, intermediate_steps=4000, prediction_steps=2400,
                    train_t_conv=16, eval_every=400),
 }
+# the loihi profile (stock Lava processes): two rate-ANN stages (cheap steps, most of the budget;
+# stage 1 short, since its targets are the pre-trained teacher's) and a spiking prediction stage at
+# the evaluation's T with int8 QAT, evaluated every eval_every steps for the best dev checkpoint.
+# "default": the whole main job (teacher included) sized for about an hour on 2 cores (docs/RESULTS.md)
+LOIHI_BUDGETS = {
+    "tiny": Budget(teacher_epochs=1, general_steps=4, intermediate_steps=4, prediction_steps=6, batch_size=8,
+                   train_t_conv=4, eval_every=3, general_limit=64, teacher_limit=64, dev_limit=32,
+                   eval_batch_size=8),
+    "default": Budget(teacher_epochs=1, general_steps=500, intermediate_steps=3500, prediction_steps=600,
+                      train_t_conv=16, eval_every=100),
+    "full": Budget(teacher_epochs=3, general_steps=2000, intermediate_steps=12000, prediction_steps=2400,
+                   train_t_conv=16, eval_every=200),
+}
+PROFILE_BUDGETS = {"paper": BUDGETS, "loihi": LOIHI_BUDGETS}
+# per profile: student depth and deployed weights when not given
+PROFILE_DEFAULTS = {"paper": {"num_layers": 4, "weights": "fp32"}, "loihi": {"num_layers": 2, "weights": "int8"}}
 EVAL_T = (4, 8, 16, 32, 64)
 RUN_SETTINGS_FILE = "pipeline_settings.json"
 USE_RESTART = " (use another --out, or --restart to start over in this one)"
@@ -81,6 +110,16 @@ def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
                          t_conv=budget.train_t_conv, checkpoint_every=max(1, min(100, steps // 4)),
                          eval_every=budget.eval_every if stage == "prediction" else 0)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _loihi_stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
+    """The loihi profile's stage settings (learning rates of the measured recipe; the host
+    embeddings, copied from the teacher, move at a tenth of the rate)."""
+    lr = {"general": 1e-3, "intermediate": 1e-3, "prediction": 1e-4}[stage]
+    base = _stage_settings(stage, budget, lr=lr)
+    return replace(base, embed_lr=lr * 0.1, att_weight=0.0, rep_weight=1.0,
+                   logit_weight=1.0 if stage == "intermediate" else 0.0, eval_start=stage == "prediction",
+                   **{k: v for k, v in overrides.items() if v is not None})
 
 
 def plot_accuracy_vs_t(rows: list[dict], metric: str, path: Path, title: str) -> None:
@@ -101,15 +140,23 @@ def plot_accuracy_vs_t(rows: list[dict], metric: str, path: Path, title: str) ->
 
 
 def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_dir=None, teacher_path=None,
-                 budget: str | Budget = "default", resume: bool = True, num_layers: int = 4, t_conv: int = 16,
+                 budget: str | Budget = "default", resume: bool = True, num_layers: int | None = None, t_conv: int = 16,
                  max_length: int = 64, init: str = "layers", gold_labels: bool = False, temperature: float = 1.0,
                  eval_t: tuple[int, ...] = EVAL_T, general_corpus: str | None = None, seed: int = 42,
-                 weights: str = "fp32", train_forward: str = "rate_ann_warmup", neuron: str = "if_signed_pair",
-                 progress: bool = True) -> dict:
+                 weights: str | None = None, train_forward: str = "rate_ann_warmup", neuron: str = "if_signed_pair",
+                 progress: bool = True, profile: str = "paper") -> dict:
+    """``num_layers`` and ``weights`` default to the profile's (``PROFILE_DEFAULTS``); ``budget``
+    names one of the profile's budgets (``PROFILE_BUDGETS``)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if profile not in PROFILE_BUDGETS:
+        raise SpikingBertError(f"profile must be one of {tuple(PROFILE_BUDGETS)}, got {profile!r}")
+    num_layers = num_layers if num_layers is not None else PROFILE_DEFAULTS[profile]["num_layers"]
+    weights = weights if weights is not None else PROFILE_DEFAULTS[profile]["weights"]
     dist = init_distributed()
-    b = BUDGETS[budget] if isinstance(budget, str) else budget
+    b = PROFILE_BUDGETS[profile][budget] if isinstance(budget, str) else budget
     spec = get_task(task)
+    if profile == "loihi" and spec.is_regression:
+        raise SpikingBertError(f"task {spec.name}: the loihi profile trains classifiers only")
     stage_forward(train_forward, "general")  # a bad choice fails now, not after the teacher's fine-tuning
     # the budget's batch size is global: under torchrun every rank takes its share of each step's
     # batch (checked before the teacher's fine-tuning, not after)
@@ -123,7 +170,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         "task": spec.name, "budget": dataclasses.asdict(b), "teacher": str(base_teacher_path),
         "num_layers": num_layers, "t_conv": t_conv, "max_length": max_length, "init": init,
         "gold_labels": gold_labels, "temperature": temperature, "general_corpus": general_corpus, "seed": seed,
-        "weights": weights, "train_forward": train_forward, "neuron": neuron}, resume=resume, dist=dist)
+        "weights": weights, "train_forward": train_forward, "neuron": neuron, "profile": profile},
+        resume=resume, dist=dist)
     if not resume:  # --restart: nothing of the earlier run may be continued, reused or mistaken for this one's
         if dist.is_main:
             for name in ("stages", "student"):
@@ -166,15 +214,23 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
 
     # 2. student initialisation -------------------------------------------------------------------
     seed_all(seed)
-    config = student_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
-                                         max_length=max_length, num_labels=spec.num_labels,
-                                         problem_type="regression" if spec.is_regression else "classification",
-                                         neuron=neuron)
+    if profile == "loihi":
+        config = loihi_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
+                                           max_length=max_length, num_labels=spec.num_labels)
+    else:
+        config = student_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
+                                             max_length=max_length, num_labels=spec.num_labels,
+                                             problem_type="regression" if spec.is_regression else "classification",
+                                             neuron=neuron)
     config.extra.update({"task": spec.name, "teacher": str(base_teacher_path), "init": init,
                          "train_forward": train_forward})
-    student = SpikingBert(config)
-    if init != "none":
-        init_student_from_teacher(student, base_teacher, layers=(init == "layers"))
+    if profile == "loihi":  # embeddings from the teacher, populations calibrated on the first stage's data
+        student = LoihiSpikingMixer(config)
+        init_loihi_student(student, base_teacher, general, embeddings=init != "none", seed=seed)
+    else:
+        student = SpikingBert(config)
+        if init != "none":
+            init_student_from_teacher(student, base_teacher, layers=(init == "layers"))
 
     # 3. the three distillation stages --------------------------------------------------------------
     stages = [("general", base_teacher, general, "1-general"),
@@ -184,14 +240,17 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     for stage, teacher, data, dirname in stages:
         stage_dir = out / "stages" / dirname
         if previous is not None:
-            student = SpikingBert.from_pretrained(previous)
+            student = load_student(previous)
             student.config.t_conv = t_conv
-        settings = _stage_settings(stage, b, seed=seed, weights=weights, batch_size=per_rank_batch,
-                                   forward=stage_forward(train_forward, stage),
-                                   gold_labels=gold_labels if stage == "prediction" else None,
-                                   temperature=temperature)
+        # the loihi profile's rate stages train fp32 weights; its prediction stage the deployed ones
+        stage_weights = weights if profile == "paper" or stage == "prediction" else "fp32"
+        make_settings = _loihi_stage_settings if profile == "loihi" else _stage_settings
+        settings = make_settings(stage, b, seed=seed, weights=stage_weights, batch_size=per_rank_batch,
+                                 forward=stage_forward(train_forward, stage),
+                                 gold_labels=gold_labels if stage == "prediction" else None,
+                                 temperature=temperature)
         if resume and stage_done(stage_dir):
-            _check_completed_stage(stage_dir, settings, dist.world_size, neuron)
+            _check_completed_stage(stage_dir, settings, dist.world_size, neuron, profile)
             logger.info("stage %s already complete: %s", stage, stage_dir)
         else:
             run_stage(settings, student, teacher, data, stage_dir, tokenizer=tokenizer, spec=spec, dev=dev,
@@ -202,21 +261,29 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
 
     # 4. the final student and its accuracy vs T ----------------------------------------------------
     student_dir = out / "student"
-    final = SpikingBert.from_pretrained(previous)
+    final = load_student(previous)
     if dist.is_main:
         save_checkpoint(student_dir, final, tokenizer)
+    # the deployed model; for the loihi profile also the same weights unquantized (fp32)
+    models = [(weights, final)]
+    if profile == "loihi" and weights != "fp32":
+        models.append(("fp32", load_student(previous, weights="fp32")))
     rows = []
-    for T in eval_t:  # every rank simulates a share of the dev batches
-        r = evaluate_student(final, dev, spec, t_conv=T, batch_size=b.eval_batch_size, progress=progress, dist=dist)
-        r.pop("predictions")
-        rows.append({"task": spec.name, "split": "dev", "backend": "torch", "precision": weights, **r})
-        if dist.is_main:
-            logger.info("T=%d dev %s", T, r["metrics"])
+    for precision, model in models:
+        for T in eval_t:  # every rank simulates a share of the dev batches
+            r = evaluate_student(model, dev, spec, t_conv=T, batch_size=b.eval_batch_size, progress=progress,
+                                 dist=dist)
+            r.pop("predictions")
+            rows.append({"task": spec.name, "split": "dev", "backend": "torch", "precision": precision,
+                         "profile": profile, "deployed": precision == weights, **r})
+            if dist.is_main:
+                logger.info("T=%d %s dev %s", T, precision, r["metrics"])
     if dist.is_main:
         atomic_write_json(out / "eval_vs_T.json", rows)
-        plot_accuracy_vs_t(rows, spec.main_metric, out / "accuracy_vs_T.png",
-                           f"{spec.name}: spiking student vs T")
-        summary = {"task": spec.name, "budget": b.__dict__, "processes": dist.world_size,
+        deployed = [r for r in rows if r["deployed"]]
+        plot_accuracy_vs_t(deployed, spec.main_metric, out / "accuracy_vs_T.png",
+                           f"{spec.name}: spiking student ({profile}, {weights}) vs T")
+        summary = {"task": spec.name, "profile": profile, "budget": b.__dict__, "processes": dist.world_size,
                    "teacher": teacher_metrics, "stages": timings,
                    "eval_vs_T": rows, "wall_s": time.perf_counter() - t_start, "student_dir": str(student_dir)}
         atomic_write_json(out / "pipeline_summary.json", summary)
@@ -226,7 +293,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
 
 
 # settings introduced after runs had recorded theirs, with the value those runs used
-SETTINGS_ADDED_LATER = {"neuron": "if_subtract"}
+SETTINGS_ADDED_LATER = {"neuron": "if_subtract", "profile": "paper"}
 
 
 def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> None:
@@ -246,7 +313,8 @@ def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> Non
     dist.barrier()
 
 
-def _check_completed_stage(stage_dir: Path, settings: StageSettings, world_size: int, neuron: str) -> None:
+def _check_completed_stage(stage_dir: Path, settings: StageSettings, world_size: int, neuron: str,
+                           profile: str = "paper") -> None:
     """A completed stage is reused only if it was trained with these settings and neuron kind (also
     when the run settings file predates it); the batch is compared as the global batch of all processes."""
     done = load_stage_result(stage_dir)
@@ -254,9 +322,13 @@ def _check_completed_stage(stage_dir: Path, settings: StageSettings, world_size:
     if "batch_size" in saved:
         saved["batch_size"] *= int(done.get("world_size", 1))
     diff = settings_differences(saved, replace(settings, batch_size=settings.batch_size * world_size))
-    trained_neuron = SpikingBertConfig.load(stage_dir / "final").neuron
-    if trained_neuron != neuron:
-        diff["neuron"] = (trained_neuron, neuron)
+    trained_profile = read_profile(stage_dir / "final")
+    if trained_profile != profile:
+        diff["profile"] = (trained_profile, profile)
+    elif profile == "paper":
+        trained_neuron = SpikingBertConfig.load(stage_dir / "final").neuron
+        if trained_neuron != neuron:
+            diff["neuron"] = (trained_neuron, neuron)
     refuse_other_settings(diff, f"{stage_dir} was completed with other settings{USE_RESTART}")
 
 
@@ -276,10 +348,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _print_table(rows: list[dict], metric: str, teacher: dict) -> None:
-    print(f"\n{'T':>4} | {'dev ' + metric:>12} | {'sentences/s':>11}")
-    print("-" * 34)
+    print(f"\n{'T':>4} | {'weights':>7} | {'dev ' + metric:>12} | {'sentences/s':>11}")
+    print("-" * 44)
     for r in rows:
-        print(f"{r['t_conv']:>4} | {100 * r['metrics'][metric]:>11.2f}% | {r['sentences_per_s']:>11.1f}")
+        print(f"{r['t_conv']:>4} | {r['precision']:>7} | {100 * r['metrics'][metric]:>11.2f}% | "
+              f"{r['sentences_per_s']:>11.1f}")
     tm = (teacher or {}).get("dev") or {}
     if metric in tm:
         print(f"teacher | {100 * tm[metric]:.2f}%")

@@ -42,7 +42,7 @@ from lava_spikingbert.contract.errors import SpikingBertError
 
 FORMAT = "lava-spikingbert"
 SCHEMA_VERSION = 1
-PROFILES = ("paper", "loihi")
+PROFILES = ("paper", "loihi")  # the model profiles (checkpoints record theirs in config.json too)
 DEFAULT_PROFILE = "paper"  # the profile of files written before the attribute existed
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -1,17 +1,24 @@
 """HF-style checkpoint directories: ``config.json`` + ``model.safetensors`` (+ files added by callers).
 
 The functions take the model duck-typed (``config``, ``state_dict``, ``load_state_dict``), so the
-encoder builds on them (``SpikingBert.save_pretrained`` / ``from_pretrained``) without a cycle."""
+encoder builds on them (``SpikingBert.save_pretrained`` / ``from_pretrained``) without a cycle.
+
+``config.json`` names the checkpoint's model profile (``read_profile``): ``"profile": "loihi"`` for
+the loihi profile's ``LoihiSpikingMixer``; no key (or ``"paper"``) for the paper profile's
+``SpikingBert``. ``model.student.load_student`` loads either."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import json
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lava_spikingbert.contract.atomic import atomic_directory
+from lava_spikingbert.contract.model_file import DEFAULT_PROFILE, PROFILES
 from lava_spikingbert.model.config import ConfigError, SpikingBertConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -33,11 +40,33 @@ def save_model(model, path: str | Path) -> Path:
     return path
 
 
-def read_config(path: str | Path, **config_overrides) -> SpikingBertConfig:
-    """The checkpoint directory's config, with run-time fields (e.g. ``t_conv``) overridden."""
+def read_profile(path: str | Path) -> str:
+    """The model profile of a checkpoint directory (``config.json``'s ``profile``; none: "paper")."""
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: not a checkpoint directory")
+    config_file = path / CONFIG_NAME
+    try:
+        data = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{config_file}: missing (is this a spikingbert checkpoint directory?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_file}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_file}: not a JSON object")
+    profile = data.get("profile", DEFAULT_PROFILE)
+    if profile not in PROFILES:
+        raise ConfigError(f"{config_file}: unknown model profile {profile!r} (known: {', '.join(PROFILES)})")
+    return profile
+
+
+def read_config(path: str | Path, **config_overrides) -> SpikingBertConfig:
+    """The checkpoint directory's config, with run-time fields (e.g. ``t_conv``) overridden."""
+    path = Path(path)
+    profile = read_profile(path)
+    if profile != DEFAULT_PROFILE:
+        raise ConfigError(f"{path / CONFIG_NAME}: a {profile!r}-profile checkpoint, not a paper-profile "
+                          f"SpikingBert (load it with model.student.load_student)")
     config = SpikingBertConfig.load(path / CONFIG_NAME)
     return config.replace(**config_overrides) if config_overrides else config
 

@@ -19,14 +19,19 @@ Populations, in update order (``d`` = ``hidden_size``, ``f`` = ``intermediate_si
 ``x`` is ``embed`` for layer 0 and ``layer{i-1}.out`` after it. The depthwise kernel includes the
 token itself, so the token-mixing synapse carries its own residual path.
 
-Padding: with ``mixing="bidirectional"`` (the default) a token sees ``(k-1)/2`` neighbours on each
-side per layer, so padded positions can reach valid tokens. The torch model therefore simulates
-exactly what a fixed-length Lava graph of ``max_length`` positions computes: padded positions get
-zero input current (the ``embed`` population has no bias, so it stays silent there), and every
-forward pass simulates ``min(longest valid + (num_layers - 1) * (k - 1) / 2, max_length)`` positions:
-the values at valid tokens are then identical to those of the full ``max_length`` graph (see
-``sim_length``). With ``mixing="causal"`` a token sees only itself and the ``k - 1`` tokens before
-it; right padding can then never reach a valid token and no extra positions are needed.
+Margins: with ``mixing="bidirectional"`` (the default) a token reads ``(k-1)/2`` neighbours on
+each side per layer, so every valid token's output depends only on the input currents within
+``R = num_layers * (k-1)/2`` positions of it (its cone; ``config.margin``). The torch model
+simulates, for every batch, ``R`` zero-input positions before the first token and ``R`` zero-input
+positions after the longest valid sentence (a shorter sentence's right padding is zero-input too),
+and nothing more: positions beyond those do not exist (the convolution's zero padding). Token ``j``
+keeps BERT position id ``j``. The row's edges then lie outside every valid token's cone, so a Lava
+row that holds several sentences separated by ``>= R`` zero-input positions (and ``>= R`` from the
+row's ends) gives spike counts identical to the torch model's at every valid position, however
+many sentences share the row. Zero-input positions are not silent (the later populations have
+biases): they must be simulated, which is why the margin is part of the model, not of the graph.
+With ``mixing="causal"`` a token reads itself and the ``k - 1`` tokens before it: the left margin
+is ``R = num_layers * (k - 1)`` and the right margin 0 (see ``margins``).
 
 Normalisation: none inside the network. ``calibrate_`` sets a per-channel gain and offset for every
 population's input current from the statistics of a data batch (a BatchNorm with frozen
@@ -55,6 +60,7 @@ import torch.nn.functional as F
 
 from lava_spikingbert.contract.constants import MIXER_LAYER_POPULATIONS, WEIGHT_MODES, population_names
 from lava_spikingbert.contract.atomic import atomic_write_text
+from lava_spikingbert.model.checkpoint import CONFIG_NAME, load_weights, read_profile, save_model
 from lava_spikingbert.model.config import ConfigError
 from lava_spikingbert.model.encoder import NO_DROPOUT, SharedDropout
 from lava_spikingbert.model.equilibrium import straight_through
@@ -69,6 +75,8 @@ MODES = ("simulate", "equilibrium", "rate")
 # the synapse weights that carry spikes (quantized in int8 mode); biases, the host-side input map,
 # the classifier and the distillation projections stay full precision
 SPIKING_WEIGHTS = ("mix_weight", "fc1.weight", "fc2.weight", "res_weight")
+# the host-side embedding parameters (copied from the teacher; trained with a smaller step)
+HOST_EMBEDDINGS = ("word_embeddings.", "position_embeddings.", "token_type_embeddings.", "embed_norm.")
 
 
 class LoihiConfigError(ConfigError):
@@ -138,6 +146,19 @@ class LoihiConfig:
         return self.kernel_size - 1 if self.mixing == "causal" else (self.kernel_size - 1) // 2
 
     @property
+    def margin(self) -> int:
+        """R: the reach of a valid token's cone, ``num_layers * half_window`` positions; the torch model
+        simulates R zero-input positions before the first token (and, bidirectional, after the longest
+        sentence), and a Lava row separates sentences by at least R zero-input positions."""
+        return self.num_layers * self.half_window
+
+    @property
+    def margins(self) -> tuple[int, int]:
+        """(left, right) zero-input positions simulated around the tokens: (R, R), or (R, 0) for causal
+        mixing (a token never reads to its right)."""
+        return self.margin, (0 if self.mixing == "causal" else self.margin)
+
+    @property
     def neurons_per_token(self) -> int:
         """LIF neurons per token position (embed + every layer's mix, hidden and out)."""
         return self.hidden_size + self.num_layers * (2 * self.hidden_size + self.intermediate_size)
@@ -186,9 +207,10 @@ class LoihiActivity:
 class LoihiOutput:
     logits: torch.Tensor
     activity: LoihiActivity
-    attention_mask: torch.Tensor  # B x L of the simulated positions (1 = valid token)
-    hidden: list[torch.Tensor]  # the KD taps: embed, layer0.out, ...
+    attention_mask: torch.Tensor  # B x L of the simulated positions (1 = valid token), margins included
+    hidden: list[torch.Tensor]  # the KD taps (embed, layer0.out, ...) at the token positions (B x n x d)
     projected: list[torch.Tensor] | None = None  # the taps through the per-tap projections to teacher width
+    token_mask: torch.Tensor | None = None  # B x n: the valid tokens among the taps' positions (n = longest)
 
 
 class MixerLayer(nn.Module):
@@ -275,7 +297,25 @@ class LoihiSpikingMixer(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def set_weights(self, mode: str) -> None:
-        """Use fp32 synapse weights, or int8 Loihi weights (one exponent per synapse, straight-through)."""
+        """Use fp32 synapse weights, or int8 Loihi weights (straight-through gradient: QAT).
+
+        The int8 grid is ``make_quantizer("int8", vth)`` (``model.quantizers.Int8Quantizer``), applied
+        separately to each of the four spiking weight tensors of a layer (``SPIKING_WEIGHTS``:
+        ``mix_weight`` (d x 1 x k, all taps and channels together), ``fc1.weight``, ``fc2.weight``,
+        ``res_weight`` (the d diagonal weights)). Per tensor ``W``, with ``w = W / vth``:
+
+        * both signs (MIXED): ``e`` = the smallest integer with ``max(w) <= 254 * 2**e`` and
+          ``min(w) >= -256 * 2**e``; mantissa ``m = 2 * round(w / 2**(e+1))`` clipped to the even
+          integers of [-256, 254] (step ``2**(e+1)``: 7 significant bits and a sign);
+        * all ``w >= 0`` (EXCITATORY): ``e`` smallest with ``max(w) <= 255 * 2**e``, ``m = round(w / 2**e)``
+          in [0, 255]; all ``w <= 0`` (INHIBITORY): likewise with [-255, 0]; an all-zero tensor: ``m = 0, e = 0``;
+        * ``round`` is torch's round half to even, computed in float64; ``Q(W) = m * 2**e * vth``.
+
+        So each tensor is an 8-bit Lava weight mantissa with one power-of-two exponent: with the
+        fixed-point threshold ``vth_mant = 2**p`` it is Lava's ``weight`` = ``m`` and
+        ``weight_exp = e + p`` (``IntWeights``; ``make_quantizer("int8", vth).integer(W)`` gives ``m``
+        and ``e``). Biases, the host-side input map, the classifier and ``fit`` stay full precision.
+        """
         if mode not in LOIHI_WEIGHT_MODES:
             raise LoihiConfigError(f"weights must be one of {LOIHI_WEIGHT_MODES}, got {mode!r}")
         self.config.weights = mode
@@ -288,21 +328,16 @@ class LoihiSpikingMixer(nn.Module):
 
     # ------------------------------------------------------------------ host input
     def sim_length(self, attention_mask: torch.Tensor) -> int:
-        """Positions to simulate so that valid tokens get exactly the values of the full graph.
-
-        Padded positions have zero input current, so ``embed`` is silent there; ``layer0.mix``
-        is then exact everywhere, and each later mixing population is exact up to ``half_window``
-        positions less far. ``(num_layers - 1) * half_window`` positions past the longest valid
-        token therefore make every valid token exact. Causal mixing never reads to the right.
-        """
-        c = self.config
-        longest = int(attention_mask.sum(-1).max()) if attention_mask.numel() else 1
-        extra = 0 if c.mixing == "causal" else (c.num_layers - 1) * c.half_window
-        return max(1, min(longest + extra, c.max_length))
+        """Positions simulated for a batch: the left margin, the longest valid sentence, the right
+        margin (``config.margins``; see the module docstring)."""
+        left, right = self.config.margins
+        longest = int(attention_mask.sum(-1).max()) if attention_mask.numel() else 0
+        return left + max(1, longest) + right
 
     def fit_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                    token_type_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-pad or crop a right-padded batch to ``sim_length`` positions."""
+        """Right-pad or crop a right-padded batch to its token positions plus the right margin
+        (``sim_length`` minus the left margin, which ``margined_current`` prepends)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be B x L, got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
@@ -315,13 +350,24 @@ class LoihiSpikingMixer(nn.Module):
                              f"{self.config.max_length}")
         if not torch.equal(attention_mask.bool(), torch.arange(input_ids.shape[1])[None] < valid[:, None]):
             raise ValueError("attention_mask must mark a prefix of each row (right padding)")
-        L = self.sim_length(attention_mask)
+        L = self.sim_length(attention_mask) - self.config.margins[0]
         cur = input_ids.shape[1]
         if L <= cur:
             return input_ids[:, :L], attention_mask[:, :L], token_type_ids[:, :L]
         pad = (0, L - cur)
         return (F.pad(input_ids, pad, value=self.config.pad_token_id), F.pad(attention_mask, pad),
                 F.pad(token_type_ids, pad))
+
+    def margined_current(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                         token_type_ids: torch.Tensor | None, dropout: SharedDropout = NO_DROPOUT
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``embed`` current and the valid-token mask over all ``sim_length`` simulated positions
+        (left margin, tokens, right margin); token ``j`` sits at position ``left + j`` and keeps its
+        BERT position id ``j``."""
+        ids, mask, types = self.fit_inputs(input_ids, attention_mask, token_type_ids)
+        current = self.input_current(ids, mask, types, dropout)
+        left = self.config.margins[0]
+        return F.pad(current, (0, 0, left, 0)), F.pad(mask, (left, 0))
 
     def input_current(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       token_type_ids: torch.Tensor, dropout: SharedDropout = NO_DROPOUT) -> torch.Tensor:
@@ -414,6 +460,15 @@ class LoihiSpikingMixer(nn.Module):
         pooled = (last * m).sum(-2) / m.sum(-2).clamp_min(1.0)
         return self.classifier(pooled)
 
+    @torch.no_grad()
+    def predict_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       token_type_ids: torch.Tensor | None = None, t_conv: int | None = None,
+                       integer_synapses: bool = True) -> torch.Tensor:
+        """Logits of the spiking simulation (the interface ``model.inference.predict_batches`` uses).
+        ``integer_synapses`` is accepted for that interface; the synapses here multiply 0/1 spikes
+        with the (int8-grid) weights directly."""
+        return self.forward(input_ids, attention_mask, token_type_ids, mode="simulate", t_conv=t_conv).logits
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, mode: str | None = None,
                 t_conv: int | None = None) -> LoihiOutput:
@@ -423,9 +478,8 @@ class LoihiSpikingMixer(nn.Module):
             mode = "equilibrium" if (self.training and torch.is_grad_enabled()) else "simulate"
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        ids, mask, types = self.fit_inputs(input_ids, attention_mask, token_type_ids)
         dropout = SharedDropout(self.training)  # one mask per position and channel, reused at every step
-        current = self.input_current(ids, mask, types, dropout)
+        current, mask = self.margined_current(input_ids, attention_mask, token_type_ids, dropout)
         if mode == "simulate":
             activity = self.simulate(current.detach(), t_conv, dropout=dropout)
         elif mode == "equilibrium":
@@ -436,9 +490,35 @@ class LoihiSpikingMixer(nn.Module):
             activity = self.steady_state(current, dropout=dropout)
         last = activity.asr[f"layer{self.config.num_layers - 1}.out"]
         logits = self.readout(last, mask)
-        hidden = [activity.asr[name] for name in self.config.tap_names()]
+        left, right = self.config.margins
+        tokens = slice(left, mask.shape[1] - right)  # token j of the input at position left + j
+        hidden = [activity.asr[name][:, tokens] for name in self.config.tap_names()]
         projected = [p(h) for p, h in zip(self.fit, hidden)] if self.fit is not None else None
-        return LoihiOutput(logits=logits, activity=activity, attention_mask=mask, hidden=hidden, projected=projected)
+        return LoihiOutput(logits=logits, activity=activity, attention_mask=mask, hidden=hidden, projected=projected,
+                           token_mask=mask[:, tokens])
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` (with ``"profile": "loihi"``) + ``model.safetensors`` atomically."""
+        return save_model(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **config_overrides) -> "LoihiSpikingMixer":
+        """Load a loihi-profile checkpoint directory in eval mode; ``config_overrides`` change fields
+        such as ``t_conv`` or ``weights``."""
+        path = Path(path)
+        profile = read_profile(path)
+        if profile != "loihi":
+            raise LoihiConfigError(f"{path / CONFIG_NAME}: a {profile!r}-profile checkpoint, not a loihi one")
+        config = LoihiConfig.load(path / CONFIG_NAME)
+        if config_overrides:
+            unknown = sorted(set(config_overrides) - {f.name for f in dataclasses.fields(LoihiConfig)})
+            if unknown:
+                raise LoihiConfigError(f"unknown config field(s) {unknown}")
+            config = dataclasses.replace(config, **config_overrides)
+        model = cls(config)
+        load_weights(model, path)
+        return model.eval()
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -447,7 +527,7 @@ class LoihiSpikingMixer(nn.Module):
         """Give every population's input current the per-channel mean ``mean * vth`` and standard
         deviation ``std * vth`` over the valid tokens of a batch (rate ANN, population by population),
         folded into its synapses: a BatchNorm with frozen statistics that leaves no trace at export."""
-        ids, mask, types = self.fit_inputs(input_ids, attention_mask, token_type_ids)
+        current, mask = self.margined_current(input_ids, attention_mask, token_type_ids)
         valid = mask.bool()
         vth = self.config.vth
 
@@ -455,12 +535,11 @@ class LoihiSpikingMixer(nn.Module):
             flat = current[valid]
             return flat.mean(0), flat.std(0).clamp_min(1e-6)
 
-        current = self.input_current(ids, mask, types)
         mu, sd = stats(current)
         gain = std * vth / sd
         self.input_map.weight.mul_(gain[:, None])
         self.input_map.bias.mul_(gain).add_(mean * vth - mu * gain)
-        x = self.rate(self.input_current(ids, mask, types))
+        x = self.rate(self.margined_current(input_ids, attention_mask, token_type_ids)[0])
         for layer in self.layers:
             for pop in MIXER_LAYER_POPULATIONS:
                 if pop == "mix":

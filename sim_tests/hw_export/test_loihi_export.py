@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from hw_export.loihi_export import (LoihiExportError, checkpoint_profile, export_loihi, loihi_file_from_model,
-                                    model_from_loihi_file)
+from hw_export.loihi_export import LoihiExportError, export_loihi, loihi_file_from_model, model_from_loihi_file
 from hw_export.loihi_fixed_point import LoihiFixedPoint, float_reference
 from lava_spikingbert.cli import main as cli_main
 from lava_spikingbert.contract.model_file import (LoihiModelFile, ModelFileError, loihi_range_problems,
                                                   model_file_profile, read_model_file)
-from lava_spikingbert.model.checkpoint import save_model
+from lava_spikingbert.model.checkpoint import read_profile, save_model
 from lava_spikingbert.model.loihi import LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import make_quantizer
 
@@ -152,7 +151,7 @@ def test_bad_files_give_one_line_errors(tmp_path, edit, message):
 
 def test_cli_export_dispatches_on_the_checkpoint_profile(tmp_path, capsys):
     ckpt = save_model(active_model(), tmp_path / "ckpt")
-    assert checkpoint_profile(ckpt) == "loihi"
+    assert read_profile(ckpt) == "loihi"
     assert cli_main(["export", "--model", str(ckpt), "--precision", "int8", "--out", str(tmp_path / "m.h5")]) == 0
     assert "profile loihi" in capsys.readouterr().out
     assert read_model_file(tmp_path / "m.h5").profile == "loihi"

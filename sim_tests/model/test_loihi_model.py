@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lava_spikingbert.model.quantizers import make_quantizer
+from lava_spikingbert.model.config import ConfigError
 from lava_spikingbert.model.loihi import LoihiConfig, LoihiConfigError, LoihiSpikingMixer
 
 
@@ -43,7 +44,7 @@ def test_shapes_and_taps():
     assert out.logits.shape == (3, c.num_labels)
     assert set(out.activity.asr) == set(c.population_names())
     L = out.attention_mask.shape[1]
-    assert L == 9 + (c.num_layers - 1) * c.half_window
+    assert L == 9 + 2 * c.margin
     assert out.activity.asr["layer1.hidden"].shape == (3, L, c.intermediate_size)
     assert [h.shape[-1] for h in out.hidden] == [c.hidden_size] * (c.num_layers + 1)
     assert [p.shape[-1] for p in out.projected] == [c.fit_size] * (c.num_layers + 1)
@@ -51,25 +52,61 @@ def test_shapes_and_taps():
     assert torch.equal(counts, counts.round()) and float(counts.max()) <= 4
 
 
+def pack_row(model, ids, mask, lengths, gap):
+    """Simulate the sentences in one row, ``gap`` zero-input positions before, between and after
+    them; returns the spike counts and each sentence's first position."""
+    c = model.config
+    types = torch.zeros_like(ids)
+    pieces, starts, pos = [torch.zeros(gap, c.hidden_size)], [], gap
+    for row, n in enumerate(lengths):
+        cur = model.input_current(ids[row:row + 1, :n], mask[row:row + 1, :n], types[row:row + 1, :n])[0]
+        pieces += [cur, torch.zeros(gap, c.hidden_size)]
+        starts.append(pos)
+        pos += n + gap
+    return model.simulate(torch.cat(pieces)[None], 16).spike_counts, starts
+
+
 @pytest.mark.parametrize("mixing", ["bidirectional", "causal"])
-def test_padding_invariance(mixing):
-    """A valid token's spike counts equal those of the full fixed-length graph, whatever the padding."""
+def test_margins_make_packed_rows_exact(mixing):
+    """The margin convention: sentences simulated one per row (R zero-input positions before the
+    first token, R after the longest) give, at every valid position of every population, the spike
+    counts of the same sentences packed into one long row with R zero-input positions between them
+    and at both ends; and a sentence alone gives the counts and logits it gets in a padded batch."""
     model = tiny(mixing=mixing).eval()
     c = model.config
-    ids, mask = batch([6, 2, 11])
-    short = model(ids, mask, t_conv=16)
-    wide_ids, wide_mask = torch.nn.functional.pad(ids, (0, c.max_length - ids.shape[1])), \
-        torch.nn.functional.pad(mask, (0, c.max_length - ids.shape[1]))
-    # the full graph: every one of max_length positions simulated (bypassing the cropping)
-    cur = model.input_current(wide_ids, wide_mask, torch.zeros_like(wide_ids))
-    full = model.simulate(cur, 16)
-    for row, n in enumerate([6, 2, 11]):
-        for name in c.population_names():
-            assert torch.equal(short.activity.spike_counts[name][row, :n], full.spike_counts[name][row, :n]), name
-    # and each sentence alone gives the same logits as in the batch
-    for row, n in enumerate([6, 2, 11]):
+    lengths = [6, 2, 11]
+    ids, mask = batch(lengths)
+    model.calibrate_(ids, mask)  # non-zero biases: zero-input positions are then not silent
+    left, right = c.margins
+    R = c.margin
+    assert R == c.num_layers * ((c.kernel_size - 1) if mixing == "causal" else (c.kernel_size - 1) // 2)
+    assert (left, right) == ((R, 0) if mixing == "causal" else (R, R))
+    out = model(ids, mask, t_conv=16)
+    assert out.attention_mask.shape[1] == left + max(lengths) + right
+    # one long row, built by hand: [R zeros] s0 [R zeros] s1 [R zeros] s2 [R zeros]
+    packed, starts = pack_row(model, ids, mask, lengths, gap=R)
+    spikes_in_margins = 0
+    for name in c.population_names():
+        counts = out.activity.spike_counts[name]
+        for row, n in enumerate(lengths):
+            assert torch.equal(counts[row, left:left + n], packed[name][0, starts[row]:starts[row] + n]), (name, row)
+        spikes_in_margins += int(counts[:, :left].sum())
+    assert spikes_in_margins > 0  # the margins are simulated neurons, not padding that could be dropped
+    # control: sentences packed without gaps do influence each other (the comparison above can fail)
+    touching, starts = pack_row(model, ids, mask, lengths, gap=0)
+    assert any(not torch.equal(out.activity.spike_counts[name][row, left:left + n],
+                               touching[name][0, starts[row]:starts[row] + n])
+               for name in c.population_names() for row, n in enumerate(lengths))
+    # a sentence alone = the same sentence in the padded batch
+    for row, n in enumerate(lengths):
         alone = model(ids[row:row + 1, :n], mask[row:row + 1, :n], t_conv=16)
-        torch.testing.assert_close(alone.logits, short.logits[row:row + 1])
+        torch.testing.assert_close(alone.logits, out.logits[row:row + 1])
+        for name in c.population_names():
+            assert torch.equal(alone.activity.spike_counts[name][0, left:left + n],
+                               out.activity.spike_counts[name][row, left:left + n]), (name, row)
+    # the KD taps are the token positions (token j of the input at index j)
+    assert out.token_mask.shape == (3, max(lengths)) and torch.equal(out.token_mask, mask)
+    assert torch.equal(out.hidden[0], out.activity.asr["embed"][:, left:left + max(lengths)])
 
 
 def test_spiking_rate_matches_rate_map_for_constant_current():
@@ -131,8 +168,7 @@ def test_equilibrium_gradients_flow_without_bptt_graph():
 def test_simulation_chunking_does_not_change_spikes():
     model = tiny().eval()
     ids, mask = batch([6, 9])
-    ids, mask, types = model.fit_inputs(ids, mask, None)
-    cur = model.input_current(ids, mask, types)
+    cur, _ = model.margined_current(ids, mask, None)
     a = model.simulate(cur, 12, chunk_steps=1).spike_counts
     b = model.simulate(cur, 12, chunk_steps=5).spike_counts
     for k in a:
@@ -143,8 +179,7 @@ def test_calibration_folds_into_weights():
     model = tiny().eval()
     ids, mask = batch([10, 12, 7])
     model.calibrate_(ids, mask, mean=0.25, std=1.0)
-    ids2, mask2, types = model.fit_inputs(ids, mask, None)
-    cur = model.input_current(ids2, mask2, types)
+    cur, mask2 = model.margined_current(ids, mask, None)
     valid = mask2.bool()
     torch.testing.assert_close(cur[valid].mean(0), torch.full((12,), 0.25), atol=1e-4, rtol=0)
     torch.testing.assert_close(cur[valid].std(0), torch.ones(12), atol=1e-4, rtol=0)
@@ -160,3 +195,40 @@ def test_int8_weights_are_loihi_grid():
     ids, mask = batch([5, 3])
     out = model(ids, mask, t_conv=4)
     assert out.logits.shape == (2, 2)
+
+
+# ------------------------------------------------------------------------------ checkpoints and profiles
+def test_checkpoint_records_profile_and_load_student_dispatches(tmp_path):
+    import json
+
+    from conftest import tiny_model
+    from lava_spikingbert.contract.model_file import PROFILES
+    from lava_spikingbert.model.checkpoint import read_profile, save_model
+    from lava_spikingbert.model.encoder import SpikingBert
+    from lava_spikingbert.model.student import STUDENT_CLASSES, load_student
+
+    assert set(STUDENT_CLASSES) == set(PROFILES)
+    model = tiny().eval()
+    model.set_weights("int8")
+    save_model(model, tmp_path / "loihi")
+    assert json.loads((tmp_path / "loihi" / "config.json").read_text())["profile"] == "loihi"
+    assert read_profile(tmp_path / "loihi") == "loihi"
+    loaded = load_student(tmp_path / "loihi")
+    assert isinstance(loaded, LoihiSpikingMixer) and not loaded.training and loaded.config.weights == "int8"
+    ids, mask = batch([5, 8])
+    assert torch.equal(loaded(ids, mask, t_conv=8).logits, model(ids, mask, t_conv=8).logits)
+    assert load_student(tmp_path / "loihi", t_conv=4).config.t_conv == 4
+    save_model(tiny_model(), tmp_path / "paper")
+    assert "profile" not in json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert read_profile(tmp_path / "paper") == "paper"
+    assert isinstance(load_student(tmp_path / "paper"), SpikingBert)
+    # a checkpoint of one profile is refused where the other is needed, naming the file
+    with pytest.raises(ConfigError, match=r"loihi/config.json: a 'loihi'-profile checkpoint"):
+        SpikingBert.from_pretrained(tmp_path / "loihi")
+    with pytest.raises(ConfigError, match=r"paper/config.json: a 'paper'-profile checkpoint"):
+        LoihiSpikingMixer.from_pretrained(tmp_path / "paper")
+    # an unknown profile: one line naming the file
+    cfg = json.loads((tmp_path / "loihi" / "config.json").read_text())
+    (tmp_path / "loihi" / "config.json").write_text(json.dumps({**cfg, "profile": "truenorth"}))
+    with pytest.raises(ConfigError, match=r"loihi/config.json: unknown model profile 'truenorth'"):
+        load_student(tmp_path / "loihi")
