@@ -224,6 +224,17 @@ def cmd_export(args) -> int:
 
 def cmd_report(args) -> int:
     from hw_export.report import build_report, summary_lines
+    from lava_spikingbert.contract.model_file import model_file_profile
+
+    if model_file_profile(args.model) == "loihi":  # the file says which profile it holds
+        from hw_export.loihi_report import build_loihi_report, loihi_summary_lines
+
+        report = build_loihi_report(args.model, seq_len=args.seq_len, glue_dir=args.glue_dir,
+                                    n_sentences=args.n_sentences, t_list=list(args.t_list) if args.t_list else None,
+                                    measure=not args.no_measure)
+        print("\n".join(loihi_summary_lines(report)))
+        _write_json(args.json, report)
+        return 0
 
     teacher = {"hidden_size": args.teacher_hidden, "num_hidden_layers": args.teacher_layers,
                "intermediate_size": args.teacher_intermediate}

@@ -129,3 +129,21 @@ def test_no_lava_process_survives():
     kids = [p for p in psutil.Process(os.getpid()).children(recursive=True)
             if "resource_tracker" not in " ".join(p.cmdline())]
     assert kids == []
+
+
+def test_report_counts_the_synapses_the_graph_stores(int8_file, tmp_path, capsys):
+    from hw_export.loihi_report import loihi_hardware
+    from lava_spikingbert.cli import main as cli_main
+    from lava_spikingbert.contract.model_file import write_model_file
+    from lava_spikingbert.lava.loihi_graph import synapse_matrix
+
+    mf = int8_file
+    hw = loihi_hardware(mf, 20)
+    for entry in hw["synapses"]:
+        syn = mf.synapses[entry["name"]]
+        assert entry["synapses"] == synapse_matrix(syn, 20, True, mf.config["mixing"]).nnz, entry["name"]
+    assert hw["totals"]["neurons"] == 20 * sum(p.width for p in mf.populations.values())
+    assert hw["totals"]["share_neurons_in_stock_processes"] == 1.0 and hw["range_problems"] == []
+    path = write_model_file(tmp_path / "m.h5", mf)
+    assert cli_main(["report", "--model", str(path), "--no-measure", "--seq-len", "20"]) == 0
+    assert "profile loihi" in capsys.readouterr().out
