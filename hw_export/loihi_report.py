@@ -23,7 +23,7 @@ import torch
 
 from hw_export.loihi_export import model_from_loihi_file
 from hw_export.loihi_fixed_point import margin_batch
-from hw_export.report import ENERGY, LOIHI2
+from hw_export.report import ENERGY, LOIHI2, _inputs
 from lava_spikingbert.contract.model_file import LoihiModelFile, loihi_range_problems, read_model_file
 
 STOCK = {"population": "lava.proc.lif.process.LIFReset", "delay0": "lava.proc.sparse.process.Sparse",
@@ -159,15 +159,12 @@ def build_loihi_report(path: str | Path, *, seq_len: int | None = None, glue_dir
                               "energy_constants": ENERGY}
     if not measure:
         return report
-    from lava_spikingbert.lava.schedule import file_tokenizer, tokenize
-    from training.readers import load_glue
-    from training.tasks import get_task
-
-    examples = load_glue(get_task("sst2"), "dev", glue_dir, limit=n_sentences)
-    ids, types = tokenize(file_tokenizer(mf, int(mf.config["max_length"])), examples)
+    sents, _, note = _inputs(mf, glue_dir=glue_dir, n=n_sentences, seq_len=L, inputs="auto")
+    ids = [np.asarray(x, np.int64) for x, _ in sents]
+    types = [np.asarray(t, np.int64) for _, t in sents]
     t_list = sorted(set(t_list or [4, 8, 16, 32]) | {int(mf.config["t_conv"])})
     report["operations"] = loihi_operations(mf, ids, types, t_list)
-    report["activity_inputs"] = f"SST-2 dev, first {len(ids)} sentences"
+    report["activity_inputs"] = note
     return report
 
 
