@@ -147,3 +147,60 @@ def test_report_counts_the_synapses_the_graph_stores(int8_file, tmp_path, capsys
     path = write_model_file(tmp_path / "m.h5", mf)
     assert cli_main(["report", "--model", str(path), "--no-measure", "--seq-len", "20"]) == 0
     assert "profile loihi" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def loihi_cli_dir(tmp_path_factory):
+    """A tiny loihi checkpoint with the real (local) tokenizer, exported by the CLI, and a 4-sentence SST-2 dev."""
+    from transformers import AutoTokenizer
+
+    from lava_spikingbert.cli import main as cli_main
+    from lava_spikingbert.model.checkpoint import save_model
+    from training.teacher import default_teacher_path
+
+    d = tmp_path_factory.mktemp("loihi_cli")
+    tok = AutoTokenizer.from_pretrained(default_teacher_path(), local_files_only=True)
+    save_model(active_model(vocab_size=tok.vocab_size), d / "student")
+    tok.save_pretrained(d / "student")
+    assert cli_main(["export", "--model", str(d / "student"), "--precision", "int8", "--out", str(d / "m.h5")]) == 0
+    glue = d / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = ["sentence\tlabel", "a charming and moving film\t1", "dull , flat and tedious\t0",
+            "the cast is brilliant\t1", "boring story\t0"]
+    (glue / "dev.tsv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+@pytest.mark.parametrize("tag", ["fixed_pt", "floating_pt"])
+def test_cli_lava_on_a_loihi_file(loihi_cli_dir, tag, tmp_path):
+    import json
+
+    from lava_spikingbert.cli import main as cli_main
+
+    d = loihi_cli_dir
+    js = tmp_path / "out.json"
+    assert cli_main(["lava", "--model", str(d / "m.h5"), "--task", "sst2", "--split", "dev", "--limit", "4",
+                     "--tag", tag, "--glue-dir", str(d / "glue"), "--row-tokens", "48", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert res["profile"] == "loihi" and res["n"] == 4 and res["tag"] == tag
+    assert res["spike_count_match"] == 1.0 and res["prediction_agreement"] == 1.0
+    assert res["rows"] == 1  # four short sentences share one margin-separated row
+    assert all(v["lava_spikes"] > 0 and v["sentences_differing"] == 0 for v in res["per_population"].values())
+
+
+def test_cli_lava_loihi_runs_with_torch_unimportable(loihi_cli_dir):
+    import subprocess
+
+    d = loihi_cli_dir
+    code = ("import sys\n"
+            "sys.modules['torch'] = None\n"
+            "sys.modules['transformers'] = None\n"
+            "from lava_spikingbert.cli import main\n"
+            f"rc = main(['lava', '--model', {str(d / 'm.h5')!r}, '--task', 'sst2', '--glue-dir', {str(d / 'glue')!r},"
+            " '--limit', '2', '--no-parity'])\n"
+            "assert rc == 0, rc\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') and sys.modules[m]]\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
