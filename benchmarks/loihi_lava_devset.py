@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
                     help="floating_pt: only sentences of at most this many tokens (rows of max_tokens + 2 margins: "
                          "a smaller graph; float64 weights take twice the memory of fixed_pt's int32)")
     ap.add_argument("--row-tokens", type=int, default=None)
+    ap.add_argument("--float-model", action="store_true",
+                    help="also run the torch float model of the int8 weights on the fixed_pt sentences")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -135,6 +138,27 @@ def main(argv=None) -> int:
         r["peak_pss_gb"] = round(mem.peak / 2 ** 30, 2)
         r["load_avg_after"] = os.getloadavg()
         results["runs"][tag] = r
+    if args.float_model and "fixed_pt" in results["runs"]:
+        # what the integer mapping (bias and input rounding) costs: the torch float model of the same
+        # int8 weights on every sentence, against Lava fixed_pt's predictions
+        from lava_spikingbert.contract.model_file import read_model_file
+        from lava_spikingbert.lava.schedule import file_tokenizer, tokenize
+        from lava_spikingbert.loihi_eval import reference_run
+        from training.readers import load_glue
+        from training.tasks import get_task
+
+        mf = read_model_file(model_file)
+        examples = load_glue(get_task(args.task), args.split, None, limit=args.limit)
+        ids, types = tokenize(file_tokenizer(mf, int(mf.config["max_length"])), examples)
+        t0 = time.perf_counter()
+        _, logits = reference_run(mf, "floating_pt", ids, types, int(mf.config["t_conv"]))
+        float_pred = logits.argmax(-1)
+        lava_pred = np.asarray(results["runs"]["fixed_pt"]["predictions"])
+        labels = np.asarray([ex.label for ex in examples])
+        results["torch_float_model_of_the_int8_weights"] = {
+            "sentences": len(ids), "accuracy": float((float_pred == labels).mean()),
+            "prediction_agreement_with_lava_fixed_pt": float((float_pred == lava_pred).mean()),
+            "seconds": time.perf_counter() - t0}
     results["machine_after"] = machine()
     head = f"{'tag':12} {'n':>5} {'rows':>5} {'steps':>6} {'lava min':>9} {'ms/step':>8} {'acc':>7} " \
            f"{'pred =':>7} {'counts =':>9} {'ref acc':>8} {'peak GB':>8}"
@@ -144,6 +168,10 @@ def main(argv=None) -> int:
               f"{r['timings']['ms_per_step']:8.1f} {100 * r['metrics'].get('accuracy', float('nan')):7.2f} "
               f"{100 * r['prediction_agreement']:7.2f} {100 * r['spike_count_match']:9.2f} "
               f"{100 * r['reference_metrics'].get('accuracy', float('nan')):8.2f} {r['peak_pss_gb']:8.2f}")
+    if "torch_float_model_of_the_int8_weights" in results:
+        f = results["torch_float_model_of_the_int8_weights"]
+        print(f"torch float model of the int8 weights: accuracy {100 * f['accuracy']:.2f}%, predictions equal to "
+              f"Lava fixed_pt {100 * f['prediction_agreement_with_lava_fixed_pt']:.2f}%")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.json), json.dumps(results, indent=2, default=str) + "\n")

@@ -131,6 +131,7 @@ def evaluate_loihi(model: str | Path, task: str = "sst2", split: str = "dev", *,
         "stored_synapses": res.synapses, "lava_s": lava_s, "timings": res.timings,
         "sentences_per_s": len(examples) / lava_s if lava_s > 0 else None,
         "prediction_agreement": None, "spike_count_match": None, "per_population": None, "reference_s": None,
+        "predictions": preds.tolist(),
     }
     if parity:
         t0 = time.perf_counter()
