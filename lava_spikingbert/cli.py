@@ -261,16 +261,12 @@ def _export_after_pipeline(args) -> None:
     """``pipeline --export P [--lava N]``: the final student's model file ``OUT/student_P.h5``, its
     report (``OUT/report_P.json``, ``.png``) and, with ``--lava``, a Lava run on the first N
     sentences of the reported split (``OUT/lava_P.json``), as the commands export, report and lava do."""
-    from hw_export.export import export_model
-    from hw_export.report import build_report, summary_lines
-
     out = Path(args.out)
     model_file = out / f"student_{args.export}.h5"
-    mf = export_model(out / "student", args.export, model_file)
-    print(f"wrote {model_file} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations)")
-    report = build_report(model_file, glue_dir=args.glue_dir, accuracy_json=str(out / "eval_vs_T.json"),
-                          png=out / f"report_{args.export}.png")
-    print("\n".join(summary_lines(report)))
+    _export_checkpoint(out / "student", args.export, model_file)
+    report, lines = _build_report(model_file, glue_dir=args.glue_dir, accuracy_json=str(out / "eval_vs_T.json"),
+                                  png=out / f"report_{args.export}.png")
+    print("\n".join(lines))
     _write_json(str(out / f"report_{args.export}.json"), report)
     if not args.lava:
         return
@@ -286,30 +282,59 @@ def _export_after_pipeline(args) -> None:
     _write_json(str(out / f"lava_{args.export}.json"), res)
 
 
-def cmd_export(args) -> int:
+def _export_checkpoint(model: str | Path, precision: str, out: str | Path, **paper_options) -> None:
+    """Write the model file of a checkpoint of either profile (its config.json says which)."""
     from hw_export.export import export_model
+    from hw_export.loihi_export import export_loihi
+    from lava_spikingbert.model.checkpoint import read_profile
 
+    if read_profile(model) == "loihi":
+        mf = export_loihi(model, precision, out)
+        print(f"wrote {out} (profile loihi, schema {mf.schema_version}, {mf.precision}, "
+              f"{len(mf.populations)} populations, {len(mf.synapses)} synapses, margin {mf.margin})")
+        return
+    mf = export_model(model, precision, out, **paper_options)
+    netx_head = paper_options.get("netx_head")
+    print(f"wrote {out} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations, "
+          f"{len(mf.connections)} connections)" + (f"; netx head {netx_head}" if netx_head else ""))
+
+
+def cmd_export(args) -> int:
     _check_output_file(args.out, "--out")
     _check_output_file(args.netx_head, "--netx-head")
-    mf = export_model(args.model, args.precision, args.out, scale_exp=args.scale_exp, netx_head=args.netx_head,
-                      head_t_conv=args.head_t_conv)
-    print(f"wrote {args.out} (schema {mf.schema_version}, {mf.precision}, {len(mf.populations)} populations, "
-          f"{len(mf.connections)} connections)" + (f"; netx head {args.netx_head}" if args.netx_head else ""))
+    _export_checkpoint(args.model, args.precision, args.out, scale_exp=args.scale_exp, netx_head=args.netx_head,
+                       head_t_conv=args.head_t_conv)
     return 0
 
 
-def cmd_report(args) -> int:
+def _build_report(model: str | Path, *, seq_len=None, glue_dir=None, n_sentences: int = 64, t_list=None,
+                  measure: bool = True, **paper_options) -> tuple[dict, list[str]]:
+    """The resource/energy report of a model file of either profile (the file says which) and its
+    summary lines; ``paper_options`` only apply to the paper profile."""
+    from lava_spikingbert.contract.model_file import model_file_profile
+
+    common = dict(seq_len=seq_len, glue_dir=glue_dir, n_sentences=n_sentences, t_list=t_list, measure=measure)
+    if model_file_profile(model) == "loihi":
+        from hw_export.loihi_report import build_loihi_report, loihi_summary_lines
+
+        report = build_loihi_report(model, **common)
+        return report, loihi_summary_lines(report)
     from hw_export.report import build_report, summary_lines
 
+    report = build_report(model, **common, **paper_options)
+    return report, summary_lines(report)
+
+
+def cmd_report(args) -> int:
     _check_output_file(args.json, "--json")
     _check_output_file(args.png, "--png")
     teacher = {"hidden_size": args.teacher_hidden, "num_hidden_layers": args.teacher_layers,
                "intermediate_size": args.teacher_intermediate}
-    report = build_report(args.model, seq_len=args.seq_len, glue_dir=args.glue_dir, n_sentences=args.n_sentences,
-                          t_list=list(args.t_list) if args.t_list else None,
-                          inputs=args.inputs, accuracy_json=args.accuracy_json, teacher=teacher, png=args.png,
-                          fixed_point_sentences=args.fixed_point_sentences, measure=not args.no_measure)
-    print("\n".join(summary_lines(report)))
+    report, lines = _build_report(args.model, seq_len=args.seq_len, glue_dir=args.glue_dir,
+                                  n_sentences=args.n_sentences, t_list=list(args.t_list) if args.t_list else None,
+                                  measure=not args.no_measure, inputs=args.inputs, accuracy_json=args.accuracy_json,
+                                  teacher=teacher, png=args.png, fixed_point_sentences=args.fixed_point_sentences)
+    print("\n".join(lines))
     _write_json(args.json, report)
     return 0
 
@@ -322,7 +347,8 @@ def cmd_lava(args) -> int:
                    glue_dir=args.glue_dir, backend=args.backend, batch_size=args.batch_size,
                    parity=not args.no_parity, pack=args.pack, window_tokens=args.window, workers=args.workers,
                    progress=True)
-    print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}: "
+    print(f"{res['task']} {res['split']} n={res['n']} {res['tag']} T={res['t_conv']} {res['backend']}"
+          f"{' (profile loihi)' if res.get('profile') == 'loihi' else ''}: "
           f"metrics={res['metrics']} agreement={res['prediction_agreement']} "
           f"count_match={res['spike_count_match']} {res['sentences_per_s']:.2f} sent/s")
     _write_json(args.json, res)
@@ -571,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="several sentences side by side per window (block-diagonal attention; default): "
                         "fewer simulated steps. --no-pack: one sentence per window")
-    p.add_argument("--window", type=positive_int, default=None, help="tokens per packed window (default 128)")
+    p.add_argument("--window", "--row-tokens", type=positive_int, default=None,
+                   help="tokens per packed window (default 128); profile loihi: positions per row "
+                        "(default: longest sentence + 2 margins, rounded up to 16)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="Lava runs in this many parallel worker processes (for machines with more cores)")
     p.add_argument("--no-parity", action="store_true", help="skip the torch reference")

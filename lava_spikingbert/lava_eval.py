@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lava_spikingbert.contract.errors import SpikingBertError
-from lava_spikingbert.contract.model_file import read_model_file
+from lava_spikingbert.contract.model_file import model_file_profile, read_model_file
 from lava_spikingbert.lava.runner import import_lava_runtime, loihi2_run_config
 from lava_spikingbert.lava.schedule import (LavaRun, file_tokenizer, graph_input, pad, params_for_tag, plan_runs,
                                             run_lava, tokenize)
@@ -110,6 +110,14 @@ def evaluate(model: str | Path, task: str = "sst2", split: str = "dev", *, limit
     file. ``pack``: several sentences per window (see ``plan_runs``); ``batch_size`` then counts
     windows per run. ``examples`` and ``spec`` (a ``TaskSpec``) replace the GLUE task's file
     (custom data; ``limit`` keeps the first ones)."""
+    if model_file_profile(model) == "loihi":  # the file says which profile it holds
+        from lava_spikingbert.loihi_eval import evaluate_loihi
+
+        if backend != "sim" or workers != 1:
+            raise SpikingBertError("profile loihi: only --backend sim with one worker is implemented")
+        return evaluate_loihi(model, task, split, limit=limit, tag=tag, t_conv=t_conv, glue_dir=glue_dir,
+                              parity=parity, row_tokens=window_tokens, timeout=timeout, progress=progress,
+                              examples=examples, spec=spec)
     if backend not in ("sim", "loihi2"):
         raise SpikingBertError(f"backend must be sim or loihi2, got {backend!r}")
     requested, backend_note, run_cfg = backend, None, None

@@ -27,6 +27,7 @@ LAYER_OF = {
     "lava_spikingbert.cli": "top",
     "lava_spikingbert.lava_eval": "top",
     "lava_spikingbert.parity": "top",
+    "lava_spikingbert.loihi_eval": "top",
 }
 ALLOWED = {
     "contract": {"contract"},

@@ -56,3 +56,15 @@ UV_MAX = 2 ** 23 - 1  # 24-bit signed state (v saturates at +-UV_MAX)
 ACT_SHIFT = 6  # a_in << 6, vth << 6
 BLOCK_OUT_MAX = 2 ** 17 - 1  # current-block outputs are clamped to +-BLOCK_OUT_MAX (a << 6 fits 24 bits)
 DEFAULT_SCALE_EXP = 10  # vth_mant = 2**10
+
+# ------------------------------------------------------------------------------ the loihi profile (stock processes)
+# (lava-nc 0.10.0 bit-accurate LIF/Sparse models; docs/model_file.md "profile loihi")
+A_IN_MAX = 2 ** 15 - 1  # 16-bit signed dendritic sum (Sparse a_out, LIF a_in)
+WEIGHT_EXP_MIN, WEIGHT_EXP_MAX = -8, 7  # synapse weight exponent
+DELAY_MAX = 63  # DelaySparse: 6-bit delays
+# the LIF as an integrate-and-fire neuron: the current decays fully each step (u = a_in), no leak on v
+IF_DU_FIXED, IF_DV_FIXED = 4095, 0
+IF_DU_FLOAT, IF_DV_FLOAT = 1.0, 0.0
+# synapse kinds of the loihi profile: depthwise token mixing (banded), token-wise channel mixing
+# (block-diagonal), per-channel residual gain (diagonal)
+LOIHI_SYNAPSE_KINDS = ("token_mix", "channel", "residual")

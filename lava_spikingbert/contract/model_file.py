@@ -308,7 +308,7 @@ def write_model_file(path: str | os.PathLike, mf: ModelFile) -> Path:
     """Write ``mf`` to ``path`` atomically (a temporary sibling replaced in one rename)."""
     path = Path(path)
     with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
-        _write(f, mf)
+        _write_loihi(f, mf) if isinstance(mf, LoihiModelFile) else _write(f, mf)
     mf.path = str(path)
     return path
 
@@ -472,8 +472,9 @@ class _Reader:
         return np.asarray(data)
 
 
-def read_model_file(path: str | os.PathLike) -> ModelFile:
-    """Read and validate a model file; raises :class:`ModelFileError` naming the problem."""
+def read_model_file(path: str | os.PathLike) -> "ModelFile | LoihiModelFile":
+    """Read and validate a model file (a :class:`ModelFile`, or a :class:`LoihiModelFile` for
+    profile "loihi"); raises :class:`ModelFileError` naming the problem."""
     path = Path(path)
     label = str(path)
     if not path.exists():
@@ -497,9 +498,11 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     return mf
 
 
-def _read(r: _Reader) -> ModelFile:
+def _read(r: _Reader) -> "ModelFile | LoihiModelFile":
     """The whole file, section by section; each step validates what it reads."""
     version, precision, profile = _read_header(r)
+    if profile == "loihi":
+        return _read_loihi(r, version, precision)
     cfg = _read_config(r, precision)
     provenance = _read_provenance(r)
     tokenizer_files = _read_tokenizer(r)
@@ -769,3 +772,389 @@ def sign_mode_of(mant: np.ndarray) -> str:
     if int(mant.max()) <= 0:
         return "inhibitory"
     return "mixed"
+
+
+# ==================================================================================== profile "loihi"
+# A spiking token-mixing network made only of what stock Lava processes compute (LIFReset
+# populations, Sparse/DelaySparse synapses), with the host at the two ends: the per-token input
+# current (embeddings -> LayerNorm -> linear) and the readout (mean of the last population's spike
+# counts over a sentence's valid tokens -> linear classifier). Layout: docs/model_file.md.
+from lava_spikingbert.contract.constants import (A_IN_MAX, DELAY_MAX, IF_DU_FIXED, IF_DV_FIXED,  # noqa: E402
+                                                 LOIHI_SYNAPSE_KINDS, MIXER_LAYER_POPULATIONS, WEIGHT_EXP_MAX,
+                                                 WEIGHT_EXP_MIN)
+
+LOIHI_PRECISIONS = ("fp32", "int8")
+LOIHI_MIXINGS = ("bidirectional", "causal")
+LOIHI_REQUIRED_CONFIG = {"vocab_size": int, "max_position_embeddings": int, "type_vocab_size": int,
+                         "pad_token_id": int, "embed_size": int, "layer_norm_eps": float, "hidden_size": int,
+                         "intermediate_size": int, "num_layers": int, "kernel_size": int, "mixing": str,
+                         "max_length": int, "t_conv": int, "vth": float, "num_labels": int, "weights": str,
+                         "margin": int}
+LOIHI_POSITIVE_CONFIG = ("vocab_size", "max_position_embeddings", "type_vocab_size", "embed_size", "hidden_size",
+                         "intermediate_size", "num_layers", "kernel_size", "max_length", "t_conv", "num_labels")
+LOIHI_INPUT_POPULATION = EMBED
+
+
+def loihi_margin(num_layers: int, kernel_size: int, mixing: str = "bidirectional") -> int:
+    """Zero-input positions a sentence needs on each side (the receptive field of the last
+    population on the input): ``num_layers * (kernel_size - 1) // 2`` for bidirectional mixing;
+    causal mixing reads only to the left (``num_layers * (kernel_size - 1)``)."""
+    reach = kernel_size - 1 if mixing == "causal" else (kernel_size - 1) // 2
+    return num_layers * reach
+
+
+def loihi_layout(cfg: dict) -> tuple[list[dict], list[dict]]:
+    """The expected populations and synapses of a loihi-profile config (dicts, in update order).
+
+    Depth = synapse hops from the input population (each synapse delivers one step later); a
+    synapse from depth a into depth b gets ``delay = b - a - 1`` (the residual ``mix -> out``
+    skips ``hidden``), so all inputs of a population are aligned."""
+    d, f, n, k = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_layers"]), int(cfg["kernel_size"])
+    pops = [{"name": EMBED, "width": d, "depth": 0, "layer": -1}]
+    syns: list[dict] = []
+    x = EMBED
+    for i in range(n):
+        p = f"layer{i}."
+        widths = {"mix": d, "hidden": f, "out": d}
+        pops += [{"name": p + name, "width": widths[name], "depth": 3 * i + 1 + j, "layer": i}
+                 for j, name in enumerate(MIXER_LAYER_POPULATIONS)]
+        syns += [{"name": p + "mix", "source": x, "target": p + "mix", "kind": "token_mix", "shape": (d, k), "delay": 0},
+                 {"name": p + "fc1", "source": p + "mix", "target": p + "hidden", "kind": "channel", "shape": (f, d),
+                  "delay": 0},
+                 {"name": p + "fc2", "source": p + "hidden", "target": p + "out", "kind": "channel", "shape": (d, f),
+                  "delay": 0},
+                 {"name": p + "res", "source": p + "mix", "target": p + "out", "kind": "residual", "shape": (d,),
+                  "delay": 1}]
+        x = p + "out"
+    return pops, syns
+
+
+@dataclass
+class LoihiPopulation:
+    """One stock ``LIFReset`` population: ``width`` neurons per token position."""
+
+    name: str
+    width: int
+    depth: int  # synapse hops from the input population
+    layer: int  # -1 for embed
+    vth: float
+    bias: np.ndarray  # float32 (width,): the float bias (current units, added every step)
+    reset_interval: int  # = t_conv: the neuron resets (u = v = 0) once per window
+    reset_offset: int  # (1 + depth) % t_conv: the first step of this population's window
+    du: int = IF_DU_FIXED
+    dv: int = IF_DV_FIXED
+    # fixed point (int8 files): integer unit = vth / 2**scale_exp
+    scale_exp: int | None = None
+    vth_mant: int | None = None  # = 2**scale_exp (compared as vth_mant << 6)
+    bias_mant: np.ndarray | None = None  # int16 (width,), 13-bit
+    bias_exp: int | None = None
+
+
+@dataclass
+class LoihiSynapse:
+    """One static synapse process between two populations."""
+
+    name: str
+    source: str
+    target: str
+    kind: str  # "token_mix" (d, k) taps | "channel" (out, in) | "residual" (d,) gains
+    delay: int
+    weight: np.ndarray  # float32: the weights as used (mantissa * 2**exponent * vth if quantized)
+    weight_mant: np.ndarray | None = None  # int16, same shape: 8-bit Loihi mantissas
+    exponent: int | None = None  # weight = weight_mant * 2**exponent * vth (the torch int8 grid)
+    weight_exp: int | None = None  # = exponent + scale_exp of the target population
+    sign_mode: str | None = None
+
+
+@dataclass
+class LoihiModelFile:
+    """In-memory content of a profile-"loihi" model file."""
+
+    precision: str
+    config: dict[str, Any]
+    host_input: dict[str, np.ndarray]  # word, position, token_type, gamma, beta, weight (d, e), bias (d,)
+    populations: dict[str, LoihiPopulation]
+    synapses: dict[str, LoihiSynapse]
+    classifier_weight: np.ndarray  # (labels, d)
+    classifier_bias: np.ndarray
+    input_scale_exp: int | None = None  # fixed point: host current -> a_in = round(I / vth * 2**p), 16-bit
+    tokenizer_files: dict[str, bytes] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    profile: str = "loihi"
+    path: str | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_layers"])
+
+    @property
+    def margin(self) -> int:
+        return int(self.config["margin"])
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in QUANTIZED_MODES
+
+    @property
+    def output_population(self) -> str:
+        return f"layer{self.num_layers - 1}.out"
+
+    def write_tokenizer(self, directory: str | os.PathLike) -> Path:
+        return ModelFile.write_tokenizer(self, directory)  # type: ignore[arg-type]
+
+    def input_current(self, ids: np.ndarray, types: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """Host side: the per-token input current of ``embed`` (float64, ``ids.shape + (d,)``):
+        ``W LN(word + position + type) + b``. ``positions`` default to ``0..n-1`` along the last axis
+        (each sentence's tokens use BERT position ids 0, 1, ...)."""
+        ids, types = np.asarray(ids), np.asarray(types)
+        if positions is None:
+            positions = np.broadcast_to(np.arange(ids.shape[-1]), ids.shape)
+        h = self.host_input
+        x = (h["word"][ids].astype(np.float64) + h["position"][positions] + h["token_type"][types])
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        x = (x - mu) / np.sqrt(var + float(self.config["layer_norm_eps"])) * h["gamma"] + h["beta"]
+        return x @ h["weight"].T.astype(np.float64) + h["bias"]
+
+    def input_integer(self, current: np.ndarray) -> np.ndarray:
+        """Fixed point: the host current as the input population's 16-bit ``a_in`` (int64):
+        ``round(I / vth * 2**input_scale_exp)`` saturated to +-A_IN_MAX. Saturation leaves the spikes
+        unchanged while the threshold is well inside the range (a constant current above vth
+        fires every step, one below 0 never)."""
+        if self.input_scale_exp is None:
+            raise ModelFileError(f"{self.path or 'model file'}: precision {self.precision} has no fixed-point input; "
+                                 "export with --precision int8")
+        scaled = np.rint(np.asarray(current, np.float64) / float(self.config["vth"]) * 2.0 ** self.input_scale_exp)
+        return np.clip(scaled, -A_IN_MAX, A_IN_MAX).astype(np.int64)
+
+    def readout(self, counts: np.ndarray, t_conv: int) -> np.ndarray:
+        """Host side: logits from one sentence's (tokens, d) output counts (mean ASR over its tokens)."""
+        pooled = np.asarray(counts, np.float64).mean(0) / t_conv
+        return pooled @ self.classifier_weight.T.astype(np.float64) + self.classifier_bias
+
+
+def loihi_range_problems(mf: LoihiModelFile) -> list[str]:
+    """The Loihi 2 ranges of a fixed-point loihi file, one line per violation naming the
+    population or synapse and the value (empty if it fits): 8-bit mantissas of the matrix's sign
+    mode, ``weight_exp`` in [-8, 7], delays <= 63, ``vth`` 17-bit, bias 13-bit mantissa with
+    ``bias_exp`` in [0, 7], and the worst-case dendritic sum (every presynaptic neuron spiking in
+    one step, all incoming synapses) within the 16-bit ``a_in``. The 24-bit state then cannot wrap
+    in ``u`` (``a_in << 6``); ``v`` saturates at +-(2**23 - 1), which the reference models."""
+    problems: list[str] = []
+    worst = {name: np.zeros(p.width) for name, p in mf.populations.items()}
+    for s in mf.synapses.values():
+        where = f"synapse {s.name}"
+        m = np.asarray(s.weight_mant, np.int64)
+        lo, hi = MANT_RANGE.get(s.sign_mode, (0, -1))
+        if s.sign_mode not in SIGN_MODES:
+            problems.append(f"{where}: sign_mode {s.sign_mode!r} not one of {SIGN_MODES}")
+        elif m.size and (int(m.min()) < lo or int(m.max()) > hi):
+            bad = int(m.flat[np.argmax(np.maximum(lo - m, m - hi))])
+            problems.append(f"{where}: weight mantissa {bad} outside the 8-bit {s.sign_mode} range [{lo}, {hi}]")
+        elif s.sign_mode == "mixed" and np.any(m % 2):
+            problems.append(f"{where}: odd weight mantissa {int(m[m % 2 != 0][0])} in a mixed-sign matrix "
+                            "(Lava keeps even values only)")
+        elif m.size and sign_mode_of(m) != s.sign_mode:
+            problems.append(f"{where}: sign_mode {s.sign_mode!r} but the mantissas are {sign_mode_of(m)}")
+        if not WEIGHT_EXP_MIN <= s.weight_exp <= WEIGHT_EXP_MAX:
+            problems.append(f"{where}: weight_exp {s.weight_exp} outside [{WEIGHT_EXP_MIN}, {WEIGHT_EXP_MAX}]")
+        if not 0 <= s.delay <= DELAY_MAX:
+            problems.append(f"{where}: delay {s.delay} outside [0, {DELAY_MAX}]")
+        per_row = np.abs(m).sum(-1) if s.kind != "residual" else np.abs(m)
+        worst[s.target] += per_row * 2.0 ** s.weight_exp
+    worst[LOIHI_INPUT_POPULATION] += A_IN_MAX  # the host input is saturated to the 16-bit range
+    for name, p in mf.populations.items():
+        where = f"population {name}"
+        if not (isinstance(p.vth_mant, int) and 1 <= p.vth_mant <= VTH_MANT_MAX):
+            problems.append(f"{where}: vth mantissa {p.vth_mant} outside [1, {VTH_MANT_MAX}] (17 bits)")
+        b = np.asarray(p.bias_mant, np.int64)
+        if b.size and (int(b.min()) < BIAS_MANT_MIN or int(b.max()) > BIAS_MANT_MAX):
+            bad = int(b.flat[np.argmax(np.abs(b))])
+            problems.append(f"{where}: bias mantissa {bad} outside 13 bits [{BIAS_MANT_MIN}, {BIAS_MANT_MAX}]")
+        if not (isinstance(p.bias_exp, int) and BIAS_EXP_MIN <= p.bias_exp <= BIAS_EXP_MAX):
+            problems.append(f"{where}: bias_exp {p.bias_exp} outside [{BIAS_EXP_MIN}, {BIAS_EXP_MAX}]")
+        w = float(worst[name].max(initial=0.0))
+        if w > A_IN_MAX:
+            problems.append(f"{where}: worst-case a_in {int(w)} (neuron {int(np.argmax(worst[name]))}) exceeds "
+                            f"16 bits ({A_IN_MAX})")
+    return problems
+
+
+def _write_loihi(f: h5py.File, mf: LoihiModelFile) -> None:
+    quant = mf.precision in QUANTIZED_MODES
+    f.attrs["format"] = FORMAT
+    f.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
+    f.attrs["precision"] = mf.precision
+    f.attrs["profile"] = "loihi"
+    g = f.create_group("config")
+    g.attrs["json"] = json.dumps(mf.config, sort_keys=True, default=str)
+    g = f.create_group("provenance")
+    g.attrs["json"] = json.dumps(mf.provenance, sort_keys=True, default=str)
+    g = f.create_group("tokenizer")
+    g.attrs["files"] = json.dumps(sorted(mf.tokenizer_files))
+    for name, data in sorted(mf.tokenizer_files.items()):
+        g.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8))
+    g = f.create_group("host_input")
+    for k in ("word", "position", "token_type", "gamma", "beta", "weight", "bias"):
+        g.create_dataset(k, data=np.asarray(mf.host_input[k], dtype=np.float32))
+    _set_attrs(g, {"eps": float(mf.config["layer_norm_eps"]), "target": LOIHI_INPUT_POPULATION,
+                   "form": "weight @ layernorm(word + position + token_type) + bias",
+                   "scale_exp": None if mf.input_scale_exp is None else int(mf.input_scale_exp),
+                   "saturation": int(A_IN_MAX) if quant else None})
+    g = f.create_group("populations")
+    for p in mf.populations.values():
+        pg = g.create_group(p.name)
+        _set_attrs(pg, {"width": int(p.width), "depth": int(p.depth), "layer": int(p.layer), "vth": float(p.vth),
+                        "du": int(p.du), "dv": int(p.dv), "reset_interval": int(p.reset_interval),
+                        "reset_offset": int(p.reset_offset), "neuron": "LIFReset"})
+        pg.create_dataset("bias", data=np.asarray(p.bias, dtype=np.float32))
+        if quant:
+            _set_attrs(pg, {"scale_exp": int(p.scale_exp), "vth_mant": int(p.vth_mant), "bias_exp": int(p.bias_exp)})
+            pg.create_dataset("bias_mant", data=np.asarray(p.bias_mant, dtype=np.int16))
+    g = f.create_group("synapses")
+    for s in mf.synapses.values():
+        sg = g.create_group(s.name)
+        _set_attrs(sg, {"source": s.source, "target": s.target, "kind": s.kind, "delay": int(s.delay),
+                        "mode": mf.precision})
+        sg.create_dataset("weight", data=np.asarray(s.weight, dtype=np.float32))
+        if quant:
+            sg.create_dataset("weight_mant", data=np.asarray(s.weight_mant, dtype=np.int16))
+            _set_attrs(sg, {"exponent": int(s.exponent), "weight_exp": int(s.weight_exp), "sign_mode": s.sign_mode})
+    g = f.create_group("readout")
+    g.create_dataset("weight", data=np.asarray(mf.classifier_weight, dtype=np.float32))
+    g.create_dataset("bias", data=np.asarray(mf.classifier_bias, dtype=np.float32))
+    _set_attrs(g, {"source": mf.output_population, "pooling": "mean_over_valid_tokens", "input": "asr",
+                   "num_labels": int(mf.config["num_labels"])})
+
+
+def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
+    """The loihi-profile sections, each validated as it is read; then the static range check."""
+    if precision not in LOIHI_PRECISIONS:
+        r.fail("/ attribute 'precision'", f"profile loihi holds {LOIHI_PRECISIONS}, got {precision!r}")
+    quant = precision in QUANTIZED_MODES
+    cfg = r.json_attr(r.group("/config"), "json")
+    if not isinstance(cfg, dict):
+        r.fail("/config attribute 'json'", "must be a JSON object")
+    for key, kind in LOIHI_REQUIRED_CONFIG.items():
+        v = cfg.get(key)
+        ok = (isinstance(v, (int, float)) if kind is float else isinstance(v, kind)) and not isinstance(v, bool)
+        if not ok:
+            r.fail(f"/config field '{key}'", f"missing or not a {kind.__name__} (got {v!r})")
+    for key in LOIHI_POSITIVE_CONFIG:
+        if cfg[key] <= 0:
+            r.fail(f"/config field '{key}'", f"must be positive, got {cfg[key]}")
+    if cfg["mixing"] not in LOIHI_MIXINGS:
+        r.fail("/config field 'mixing'", f"must be one of {LOIHI_MIXINGS}, got {cfg['mixing']!r}")
+    if not (cfg["vth"] > 0 and math.isfinite(cfg["vth"])):
+        r.fail("/config field 'vth'", f"must be a positive finite number, got {cfg['vth']!r}")
+    if cfg["weights"] != precision:
+        r.fail("/config field 'weights'", f"{cfg['weights']!r} differs from the file precision {precision!r}")
+    want_margin = loihi_margin(cfg["num_layers"], cfg["kernel_size"], cfg["mixing"])
+    if cfg["margin"] != want_margin:
+        r.fail("/config field 'margin'", f"{cfg['margin']}, expected {want_margin} from num_layers, kernel_size, mixing")
+    provenance = _read_provenance(r)
+    tokenizer_files = _read_tokenizer(r)
+    d, e = cfg["hidden_size"], cfg["embed_size"]
+    g = r.group("/host_input")
+    host = {"word": r.dataset("/host_input/word", np.float32, (cfg["vocab_size"], e), finite=True),
+            "position": r.dataset("/host_input/position", np.float32, (cfg["max_position_embeddings"], e), finite=True),
+            "token_type": r.dataset("/host_input/token_type", np.float32, (cfg["type_vocab_size"], e), finite=True),
+            "gamma": r.dataset("/host_input/gamma", np.float32, (e,), finite=True),
+            "beta": r.dataset("/host_input/beta", np.float32, (e,), finite=True),
+            "weight": r.dataset("/host_input/weight", np.float32, (d, e), finite=True),
+            "bias": r.dataset("/host_input/bias", np.float32, (d,), finite=True)}
+    input_scale_exp = r.attr(g, "scale_exp", int, required=quant)
+    T = cfg["t_conv"]
+    pops_l, syns_l = loihi_layout(cfg)
+    r.group("/populations")
+    pops: dict[str, LoihiPopulation] = {}
+    for want in pops_l:
+        base = f"/populations/{want['name']}"
+        pg = r.group(base)
+        for key in ("width", "depth", "layer"):
+            v = r.attr(pg, key, int)
+            if v != want[key]:
+                r.fail(f"{base} attribute '{key}'", f"{v}, expected {want[key]} from /config")
+        vth = r.attr(pg, "vth", float)
+        if vth != float(cfg["vth"]):
+            r.fail(f"{base} attribute 'vth'", f"{vth} differs from /config vth {cfg['vth']}")
+        du, dv = r.attr(pg, "du", int), r.attr(pg, "dv", int)
+        if (du, dv) != (IF_DU_FIXED, IF_DV_FIXED):
+            r.fail(f"{base} attribute 'du'", f"(du, dv) = ({du}, {dv}); this profile's neuron is ({IF_DU_FIXED}, "
+                                             f"{IF_DV_FIXED}) (integrate-and-fire)")
+        interval, offset = r.attr(pg, "reset_interval", int), r.attr(pg, "reset_offset", int)
+        if interval != T or offset != (1 + want["depth"]) % T:
+            r.fail(f"{base} attribute 'reset_offset'", f"interval {interval}, offset {offset}; expected {T}, "
+                                                       f"{(1 + want['depth']) % T} (t_conv, (1 + depth) % t_conv)")
+        pop = LoihiPopulation(name=want["name"], width=want["width"], depth=want["depth"], layer=want["layer"],
+                              vth=vth, bias=r.dataset(f"{base}/bias", np.float32, (want["width"],), finite=True),
+                              reset_interval=interval, reset_offset=offset, du=du, dv=dv)
+        if quant:
+            pop.scale_exp = r.attr(pg, "scale_exp", int)
+            pop.vth_mant = r.attr(pg, "vth_mant", int)
+            if pop.vth_mant != 2 ** pop.scale_exp:
+                r.fail(f"{base} attribute 'vth_mant'", f"{pop.vth_mant} != 2**scale_exp = {2 ** pop.scale_exp}")
+            pop.bias_exp = r.attr(pg, "bias_exp", int)
+            pop.bias_mant = r.dataset(f"{base}/bias_mant", np.int16, (want["width"],))
+        pops[want["name"]] = pop
+    _reject_unexpected(r, "/populations", pops, cfg["num_layers"])
+    if quant and input_scale_exp != pops[LOIHI_INPUT_POPULATION].scale_exp:
+        r.fail("/host_input attribute 'scale_exp'", f"{input_scale_exp} differs from the {LOIHI_INPUT_POPULATION} "
+                                                    f"population's scale_exp {pops[LOIHI_INPUT_POPULATION].scale_exp}")
+    r.group("/synapses")
+    syns: dict[str, LoihiSynapse] = {}
+    for want in syns_l:
+        base = f"/synapses/{want['name']}"
+        sg = r.group(base)
+        for key in ("source", "target", "kind"):
+            v = r.attr(sg, key, str)
+            if v != want[key]:
+                r.fail(f"{base} attribute '{key}'", f"{v!r}, expected {want[key]!r}")
+        delay = r.attr(sg, "delay", int)
+        if delay != want["delay"]:
+            r.fail(f"{base} attribute 'delay'", f"{delay}, expected {want['delay']} (depth(target) - depth(source) - 1)")
+        mode = r.attr(sg, "mode", str)
+        if mode != precision:
+            r.fail(f"{base} attribute 'mode'", f"{mode!r} differs from precision {precision!r}")
+        weight = r.dataset(f"{base}/weight", np.float32, want["shape"], finite=True)
+        s = LoihiSynapse(name=want["name"], source=want["source"], target=want["target"], kind=want["kind"],
+                         delay=delay, weight=weight)
+        if quant:
+            s.weight_mant = r.dataset(f"{base}/weight_mant", np.int16, want["shape"])
+            s.exponent = r.attr(sg, "exponent", int)
+            s.weight_exp = r.attr(sg, "weight_exp", int)
+            s.sign_mode = r.attr(sg, "sign_mode", str)
+            target_exp = pops[want["target"]].scale_exp
+            if s.weight_exp != s.exponent + target_exp:
+                r.fail(f"{base} attribute 'weight_exp'", f"{s.weight_exp} != exponent + scale_exp of "
+                                                         f"{want['target']} = {s.exponent + target_exp}")
+            expect = s.weight_mant.astype(np.float32) * np.float32(2.0 ** s.exponent * float(cfg["vth"]))
+            if not np.array_equal(expect, weight):
+                r.fail(f"{base}/weight", "differs from weight_mant * 2**exponent * vth")
+        syns[want["name"]] = s
+    _reject_unexpected(r, "/synapses", syns, cfg["num_layers"])
+    labels = cfg["num_labels"]
+    mf = LoihiModelFile(precision=precision, config=cfg, host_input=host, populations=pops, synapses=syns,
+                        classifier_weight=r.dataset("/readout/weight", np.float32, (labels, d), finite=True),
+                        classifier_bias=r.dataset("/readout/bias", np.float32, (labels,), finite=True),
+                        input_scale_exp=input_scale_exp, tokenizer_files=tokenizer_files, provenance=provenance,
+                        schema_version=version)
+    if quant:
+        problems = loihi_range_problems(mf)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            r.fail("Loihi 2 range check", problems[0] + more)
+    return mf
+
+
+def model_file_profile(path: str | os.PathLike) -> str:
+    """The profile a model file holds (its root ``profile`` attribute; "paper" when absent), without
+    reading the rest; the full reader validates it."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            profile = f.attrs.get("profile", DEFAULT_PROFILE)
+    except (OSError, FileNotFoundError):
+        return DEFAULT_PROFILE  # read_model_file reports the problem with the file
+    return profile.decode() if isinstance(profile, bytes) else str(profile)

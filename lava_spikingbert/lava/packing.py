@@ -97,3 +97,32 @@ def pack_sentences(emb_current: np.ndarray, attention_mask: np.ndarray, window_t
             pos += m
     return PackedBatch(emb=out_emb, allowed=allowed, cls_index=cls_index, window=window, slot=slot, start=start,
                        length=lengths)
+
+
+def pack_with_margins(lengths: np.ndarray, row_tokens: int, margin: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """First-fit-decreasing packing of sentences along the token axis of rows of ``row_tokens``
+    positions for a network whose output reaches ``margin`` positions to each side (the loihi
+    profile's token mixing): ``margin`` zero-input positions before the first sentence of a row,
+    between consecutive sentences and after the last one. Returns (row, start) per sentence and the
+    number of rows."""
+    lengths = np.asarray(lengths, np.int64)
+    if lengths.size == 0 or lengths.min() <= 0:
+        raise ValueError("every sentence needs at least one token")
+    if lengths.max() + 2 * margin > row_tokens:
+        raise ValueError(f"a sentence of {lengths.max()} tokens plus margins 2 x {margin} does not fit a row of "
+                         f"{row_tokens} positions")
+    ends: list[int] = []  # end (exclusive) of the last sentence in each row
+    row = np.zeros(len(lengths), np.int64)
+    start = np.zeros(len(lengths), np.int64)
+    for i in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[i])
+        for r, end in enumerate(ends):
+            if end + margin + n + margin <= row_tokens:
+                break
+        else:
+            r, end = len(ends), 0
+            ends.append(0)
+        start[i] = end + margin
+        row[i] = r
+        ends[r] = int(start[i]) + n
+    return row, start, len(ends)
