@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hw_export.loihi_export import model_from_loihi_file
 from lava_spikingbert.contract.constants import ACT_SHIFT, EMBED, UV_MAX
 from lava_spikingbert.contract.model_file import LoihiModelFile, loihi_layout
 
@@ -144,8 +145,6 @@ def _per_sentence(mf: LoihiModelFile, counts: dict[str, np.ndarray], ids: list[n
 def float_reference(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.ndarray],
                     t_conv: int | None = None, model=None) -> LoihiReferenceResult:
     """The torch float model of the file's weights on the same host current as Lava floating_pt."""
-    from hw_export.loihi_export import model_from_loihi_file
-
     T = int(t_conv or mf.config["t_conv"])
     model = model if model is not None else model_from_loihi_file(mf)
     current, R = margin_batch(mf, ids, types, fixed=False)
