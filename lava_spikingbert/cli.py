@@ -597,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="several sentences side by side per window (block-diagonal attention; default): "
                         "fewer simulated steps. --no-pack: one sentence per window")
-    p.add_argument("--window", "--row-tokens", type=positive_int, default=None,
+    p.add_argument("--window", type=positive_int, default=None,
                    help="tokens per packed window (default 128); profile loihi: positions per row "
                         "(default: longest sentence + 2 margins, rounded up to 16)")
     p.add_argument("--workers", type=positive_int, default=1,

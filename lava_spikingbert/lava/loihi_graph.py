@@ -80,7 +80,7 @@ def plan_rows(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.ndarray]
     need = int(lengths.max()) + 2 * R
     row_tokens = int(row_tokens or -(-need // 16) * 16)  # default: the longest sentence + margins, rounded up to 16
     if int(lengths.max()) + 2 * R > row_tokens:
-        raise SpikingBertError(f"--row-tokens {row_tokens} is shorter than the longest sentence ({int(lengths.max())} "
+        raise SpikingBertError(f"--window {row_tokens} is shorter than the longest sentence ({int(lengths.max())} "
                                f"tokens) plus twice the margin {R}")
     row, start, n_rows = pack_with_margins(lengths, row_tokens, R)
     d = int(mf.config["hidden_size"])

@@ -180,7 +180,7 @@ def test_cli_lava_on_a_loihi_file(loihi_cli_dir, tag, tmp_path):
     d = loihi_cli_dir
     js = tmp_path / "out.json"
     assert cli_main(["lava", "--model", str(d / "m.h5"), "--task", "sst2", "--split", "dev", "--limit", "4",
-                     "--tag", tag, "--glue-dir", str(d / "glue"), "--row-tokens", "48", "--json", str(js)]) == 0
+                     "--tag", tag, "--glue-dir", str(d / "glue"), "--window", "48", "--json", str(js)]) == 0
     res = json.loads(js.read_text())
     assert res["profile"] == "loihi" and res["n"] == 4 and res["tag"] == tag
     assert res["spike_count_match"] == 1.0 and res["prediction_agreement"] == 1.0
