@@ -23,7 +23,7 @@ import torch
 
 from hw_export.loihi_export import model_from_loihi_file
 from hw_export.loihi_fixed_point import margin_batch
-from hw_export.report import ENERGY, LOIHI2, _inputs
+from hw_export.report import ENERGY, LOIHI2, _inputs, totals_line
 from lava_spikingbert.contract.model_file import LoihiModelFile, loihi_range_problems, read_model_file
 
 STOCK = {"population": "lava.proc.lif.process.LIFReset", "delay0": "lava.proc.sparse.process.Sparse",
@@ -172,9 +172,7 @@ def loihi_summary_lines(report: dict) -> list[str]:
     hw = report["hardware"]
     t = hw["totals"]
     lines = [f"{report['model_file']}: profile loihi, {report['precision']}, seq_len {hw['seq_len']}",
-             f"  neurons {t['neurons']:,}  synapses {t['synapses']:,} (unique weights {t['unique_weights']:,})  "
-             f"cores {t['cores_lower_bound']}..{t['cores_conservative']}  chips {t['chips_lower_bound']}.."
-             f"{t['chips_conservative']}",
+             totals_line(t),
              f"  in stock processes: {100 * t['share_neurons_in_stock_processes']:.1f}% of neurons, "
              f"{100 * t['share_synapses_in_stock_processes']:.1f}% of synapses; host: input map and readout only"]
     for p in hw["range_problems"]:

@@ -458,13 +458,18 @@ def plot_efficiency(report: dict, png: str | Path) -> None:
     atomic_save_figure(fig, png)
 
 
+def totals_line(t: dict) -> str:
+    """The report's size line (neurons, synapses, cores, chips), the same for every profile."""
+    return (f"  neurons {t['neurons']:,}  synapses {t['synapses']:,} (unique weights {t['unique_weights']:,})  "
+            f"cores {t['cores_lower_bound']}..{t['cores_conservative']}  chips {t['chips_lower_bound']}.."
+            f"{t['chips_conservative']}")
+
+
 def summary_lines(report: dict) -> list[str]:
     hw = report["hardware"]
     t = hw["totals"]
     lines = [f"{report['model_file']}: {report['precision']}, {hw['neuron']} neurons, seq_len {hw['seq_len']}",
-             f"  neurons {t['neurons']:,}  synapses {t['synapses']:,} (unique weights {t['unique_weights']:,})  "
-             f"cores {t['cores_lower_bound']}..{t['cores_conservative']}  chips {t['chips_lower_bound']}.."
-             f"{t['chips_conservative']}"]
+             totals_line(t)]
     for v in hw["violations"]:
         lines.append(f"  VIOLATION: {v}")
     for v in hw["mapping_issues"]:

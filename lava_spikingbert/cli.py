@@ -379,37 +379,30 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def _checked_number(text: str, convert, accept, expected: str):
+    """Convert an argparse value and refuse it unless ``accept(value)``; ``expected`` names the range."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text if convert is float else value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type of a positive integer (simulation steps, training steps)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _checked_number(text, int, lambda v: v > 0, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type of an integer >= 0 (0: the feature is off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return _checked_number(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:
     """argparse type of a positive finite number (epochs)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return _checked_number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def add_neuron_arg(p: argparse.ArgumentParser, default: str = "if_subtract") -> None:
