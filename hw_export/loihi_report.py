@@ -23,11 +23,11 @@ import torch
 
 from hw_export.loihi_export import model_from_loihi_file
 from hw_export.loihi_fixed_point import margin_batch
-from hw_export.report import ENERGY, LOIHI2, _inputs, totals_line
+from hw_export.report import ENERGY, LOIHI2, _inputs, size_headline, totals_line
+from lava_spikingbert.contract.constants import LAVA_PROCESSES, is_stock_process
 from lava_spikingbert.contract.model_file import LoihiModelFile, loihi_range_problems, read_model_file
 
-STOCK = {"population": "lava.proc.lif.process.LIFReset", "delay0": "lava.proc.sparse.process.Sparse",
-         "delayed": "lava.proc.sparse.process.DelaySparse"}
+PROCESSES = LAVA_PROCESSES["loihi"]
 OPS_PER_LN_ELEMENT = 8  # mean, centre, square, variance, normalise, gamma, beta, sum of the three embeddings
 
 
@@ -47,10 +47,18 @@ def _stored(syn, L: int, mixing: str) -> int:
     return total
 
 
-def _fan_out(mf: LoihiModelFile) -> dict[str, float]:
-    """Synapses one spike of each population drives (outgoing, per spike; token_mix: k targets)."""
+def _process(syn) -> str:
+    """The Lava process a synapse of the file is built as."""
+    return PROCESSES["delayed_synapse" if syn.delay else "synapse"]
+
+
+def _fan_out(mf: LoihiModelFile, stock_only: bool = False) -> dict[str, float]:
+    """Synapses one spike of each population drives (outgoing, per spike; token_mix: k targets);
+    ``stock_only``: only those in stock Lava processes."""
     out = {name: 0.0 for name in mf.populations}
     for s in mf.synapses.values():
+        if stock_only and not is_stock_process(_process(s)):
+            continue
         if s.kind == "channel":
             out[s.source] += float(np.count_nonzero(s.weight, axis=0).mean())
         elif s.kind == "residual":
@@ -65,19 +73,19 @@ def loihi_hardware(mf: LoihiModelFile, seq_len: int) -> dict[str, Any]:
     pops, syns = [], []
     for p in mf.populations.values():
         n = L * p.width
-        pops.append({"name": p.name, "neurons": n, "width": p.width, "depth": p.depth, "process": STOCK["population"],
+        pops.append({"name": p.name, "neurons": n, "width": p.width, "depth": p.depth, "process": PROCESSES["population"],
                      "vth_mant": p.vth_mant, "scale_exp": p.scale_exp, "bias_exp": p.bias_exp,
                      "cores": math.ceil(n / LOIHI2["neurons_per_core"])})
     for s in mf.synapses.values():
         stored = _stored(s, L, mf.config["mixing"])
         syns.append({"name": s.name, "source": s.source, "target": s.target, "kind": s.kind, "delay": s.delay,
-                     "process": STOCK["delayed" if s.delay else "delay0"], "synapses": stored,
+                     "process": _process(s), "synapses": stored,
                      "unique_weights": int(np.count_nonzero(s.weight)), "weight_exp": s.weight_exp,
                      "sign_mode": s.sign_mode, "cores": math.ceil(stored / LOIHI2["synapses_per_core"])})
     n_total = sum(p["neurons"] for p in pops)
     s_total = sum(s["synapses"] for s in syns)
-    stock_neurons = sum(p["neurons"] for p in pops if p["process"].startswith("lava.proc."))
-    stock_synapses = sum(s["synapses"] for s in syns if s["process"].startswith("lava.proc."))
+    stock_neurons = sum(p["neurons"] for p in pops if is_stock_process(p["process"]))
+    stock_synapses = sum(s["synapses"] for s in syns if is_stock_process(s["process"]))
     cores_conservative = sum(p["cores"] for p in pops) + sum(s["cores"] for s in syns)
     cores_lower = max(math.ceil(n_total / LOIHI2["neurons_per_core"]), math.ceil(s_total / LOIHI2["synapses_per_core"]))
     return {"seq_len": L, "precision": mf.precision, "populations": pops, "synapses": syns,
@@ -100,7 +108,7 @@ def loihi_operations(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.n
     """Per T: measured spikes (torch float model of the file, each sentence with its margins) ->
     synaptic accumulates, host operations, chip<->host values and energy, means per sentence."""
     model = model_from_loihi_file(mf)
-    fan = _fan_out(mf)
+    fan, fan_stock = _fan_out(mf), _fan_out(mf, stock_only=True)
     cfg = mf.config
     d, f, e, k, D = (int(cfg[x]) for x in ("hidden_size", "intermediate_size", "embed_size", "kernel_size",
                                             "num_layers"))
@@ -124,6 +132,7 @@ def loihi_operations(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.n
         n = len(ids)
         syn_by_pop = {name: spikes[name] / n * fan[name] for name in spikes}
         syn = sum(syn_by_pop.values())
+        syn_stock = sum(spikes[name] / n * fan_stock[name] for name in spikes)
         tokens = float(lengths.mean())
         host_in = tokens * (e * d + OPS_PER_LN_ELEMENT * e)  # once per sentence (constant current)
         host_out = tokens * d + d * C  # pooling adds + classifier MACs
@@ -133,6 +142,7 @@ def loihi_operations(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.n
         e_host = (host_in + host_out) * mac
         out[T] = {"t_conv": T, "sentences": n, "mean_tokens": tokens, "margin": R,
                   "synaptic_acc_per_sentence": syn, "synaptic_acc_by_source": syn_by_pop,
+                  "share_synaptic_acc_in_stock_processes": syn_stock / syn if syn else 0.0,
                   "mean_asr": {name: spikes[name] / n / T / ((tokens + 2 * R) * mf.populations[name].width)
                                for name in spikes},
                   "host_ops_per_sentence": {"input_map_macs (once)": host_in, "readout (once)": host_out},
@@ -157,15 +167,33 @@ def build_loihi_report(path: str | Path, *, seq_len: int | None = None, glue_dir
     report: dict[str, Any] = {"model_file": str(path), "profile": "loihi", "precision": mf.precision,
                               "config": mf.config, "hw_validated": False, "hardware": loihi_hardware(mf, L),
                               "energy_constants": ENERGY}
-    if not measure:
-        return report
-    sents, _, note = _inputs(mf, glue_dir=glue_dir, n=n_sentences, seq_len=L, inputs="auto")
-    ids = [np.asarray(x, np.int64) for x, _ in sents]
-    types = [np.asarray(t, np.int64) for _, t in sents]
-    t_list = sorted(set(t_list or [4, 8, 16, 32]) | {int(mf.config["t_conv"])})
-    report["operations"] = loihi_operations(mf, ids, types, t_list)
-    report["activity_inputs"] = note
+    if measure:
+        sents, _, note = _inputs(mf, glue_dir=glue_dir, n=n_sentences, seq_len=L, inputs="auto")
+        ids = [np.asarray(x, np.int64) for x, _ in sents]
+        types = [np.asarray(t, np.int64) for _, t in sents]
+        t_list = sorted(set(t_list or [4, 8, 16, 32]) | {int(mf.config["t_conv"])})
+        report["operations"] = loihi_operations(mf, ids, types, t_list)
+        report["activity_inputs"] = note
+    report["headline"] = loihi_headline(report)
     return report
+
+
+def loihi_headline(report: dict) -> dict[str, Any]:
+    """The numbers ``hw_export.report.side_by_side_lines`` compares across profiles. Host operations:
+    the input map and the readout; chip<->host values: as built (input current and output spikes
+    every step); energy: the chip's accumulates and the host's operations."""
+    out = size_headline("loihi", report["precision"], report["hardware"]["totals"])
+    for T, o in (report.get("operations") or {}).items():
+        io = o["chip_host_values_per_sentence"]
+        out["per_t"][int(T)] = {
+            "synaptic_acc": o["synaptic_acc_per_sentence"],
+            "share_synaptic_acc_in_stock_processes": o["share_synaptic_acc_in_stock_processes"],
+            "host_ops": sum(o["host_ops_per_sentence"].values()),
+            "chip_host_values": io["host_to_chip_as_built (a_in every step)"]
+            + io["chip_to_host_spikes (output population, every step)"],
+            "energy_uj": o["energy_pj"]["total"] / 1e6,
+            "efficiency_vs_same_size_ann": o["efficiency_vs_same_size_ann"]}
+    return out
 
 
 def loihi_summary_lines(report: dict) -> list[str]:

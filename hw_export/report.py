@@ -32,7 +32,8 @@ from transformers import AutoTokenizer
 from hw_export.export import model_from_file
 from hw_export.fixed_point import FixedPointModel
 from lava_spikingbert.contract.atomic import atomic_save_figure
-from lava_spikingbert.contract.constants import ACT_SHIFT, SIGNED_NEURONS, SUBTRACTIVE_NEURONS, UV_MAX
+from lava_spikingbert.contract.constants import (ACT_SHIFT, LAVA_PROCESSES, SIGNED_NEURONS, SUBTRACTIVE_NEURONS, UV_MAX,
+                                                  is_stock_process)
 from lava_spikingbert.contract.model_file import ModelFile, ModelFileError, read_model_file
 from lava_spikingbert.model.inference import right_pad
 from training.batching import encode
@@ -66,10 +67,12 @@ OPS_PER_SCORE = 4  # scale + mask, exp, sum, divide (softmax)
 
 
 # ------------------------------------------------------------------------------------ static
-def _fan_out(mf: ModelFile) -> dict[str, int]:
+def _fan_out(mf: ModelFile, stock_only: bool = False) -> dict[str, int]:
+    """Synapses one spike of each population drives; ``stock_only``: only those in stock Lava processes."""
     out = {p: 0 for p in mf.populations}
     for c in mf.connections.values():
-        out[c.source] += c.shape[0]
+        if not stock_only or is_stock_process(_connection_process(mf, c)):
+            out[c.source] += c.shape[0]
     return out
 
 
@@ -77,6 +80,18 @@ def _per_unit(mf: ModelFile, population: str) -> int:
     """Neurons per unit: a signed unit (if_signed_pair) is an on and an off neuron, and a synapse
     from it is two (+W, -W)."""
     return 2 if mf.populations[population].kind in SIGNED_NEURONS else 1
+
+
+def _connection_process(mf: ModelFile, c) -> str:
+    """The Lava process the paper graph builds a connection as."""
+    into_attention = c.target_kind == "block" and mf.blocks[c.target].kind == "attention"
+    return LAVA_PROCESSES["paper"]["attention_query" if into_attention else "connection"]
+
+
+def _share(entries: list[dict], key: str) -> float:
+    """The share of ``key`` (neurons, synapses) in entries built from a stock Lava process."""
+    total = sum(e[key] for e in entries)
+    return sum(e[key] for e in entries if is_stock_process(e["process"])) / total if total else 0.0
 
 
 def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
@@ -95,6 +110,7 @@ def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
                      "fan_out": fan_out[p.name], "vth": p.vth, "vth_mant": p.vth_mant,
                      "depth": p.depth, "lava_depth": p.lava_depth, "driver": p.driver,
                      "stock_loihi2_model": stock,
+                     "process": LAVA_PROCESSES["paper"]["population"],
                      "neurons_per_unit": per_unit[p.name],
                      "loihi2_model": "Lava LIF (du=4095, dv=0, reset to 0, v > vth)" if stock else
                      "none: subtractive-reset IF with v >= vth needs a custom (microcode) neuron"
@@ -121,6 +137,7 @@ def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
                                  "synapses_note": "token-wise: per-token Dense/block-diagonal Sparse (synapses) or "
                                                   "1x1 Conv weight sharing (unique_weights)",
                                  "stock_loihi2_synapse": True,
+                                 "process": _connection_process(mf, c),
                                  "cores": math.ceil(L * out_f * in_n / LOIHI2["synapses_per_core"])}
         if c.target_kind == "block":
             entry["note"] = (f"output consumed by the host block {c.target}: graded accumulator readout chip->host "
@@ -176,6 +193,8 @@ def hardware_check(mf: ModelFile, seq_len: int) -> dict[str, Any]:
     cores_lower = max(math.ceil(n_total / LOIHI2["neurons_per_core"]),
                       math.ceil(u_total / LOIHI2["synapses_per_core"]))
     totals = {"neurons": n_total, "synapses": s_total, "unique_weights": u_total,
+              "share_neurons_in_stock_processes": _share(pops, "neurons"),
+              "share_synapses_in_stock_processes": _share(conns, "synapses"),
               "cores_conservative": cores_conservative, "chips_conservative":
                   math.ceil(cores_conservative / LOIHI2["cores_per_chip"]),
               "cores_lower_bound": cores_lower, "chips_lower_bound": math.ceil(cores_lower / LOIHI2["cores_per_chip"]),
@@ -281,6 +300,26 @@ def ann_macs(hidden: int, layers: int, intermediate: int, L: np.ndarray, num_lab
     return layers * per_layer + hidden ** 2 + hidden * num_labels
 
 
+def chip_host_values(mf: ModelFile, tokens: float, T: int) -> dict[str, float]:
+    """Values crossing between chip and host per sentence of ``tokens`` tokens if the populations and
+    their synapses sat on neurocores and the non-spiking blocks on the host: every step, each block
+    reads its synapses' graded currents and its input populations' spikes, and writes its output
+    population's current; the embedding current is written once."""
+    to_host = to_chip = 0.0
+    for b in mf.blocks.values():
+        if b.kind == "embedding":
+            to_chip += tokens * mf.populations[b.output].width
+            continue
+        to_chip += T * tokens * mf.populations[b.output].width
+        for role, name in b.inputs.items():
+            if name in mf.connections:
+                to_host += T * tokens * mf.connections[name].shape[0]
+            elif name in mf.populations and role != "query_source":  # the query's source reaches it via its synapse
+                to_host += T * tokens * mf.populations[name].width * _per_unit(mf, name)
+    return {"chip_to_host (block inputs: synaptic currents and spikes, every step)": to_host,
+            "host_to_chip (block output currents every step, the embedding current once)": to_chip}
+
+
 def operations(mf: ModelFile, act: dict, lengths: np.ndarray, teacher: dict) -> dict[str, Any]:
     """Operation counts and energies (means per sentence) for one T of ``measure_activity``."""
     cfg = mf.config
@@ -292,6 +331,8 @@ def operations(mf: ModelFile, act: dict, lengths: np.ndarray, teacher: dict) -> 
     n_layers = mf.num_layers
     syn_by_pop = {p: float(np.mean(spikes[p] * fan_out[p])) for p in mf.populations}
     syn_total = sum(syn_by_pop.values())
+    fan_stock = _fan_out(mf, stock_only=True)
+    syn_stock = sum(float(np.mean(spikes[p] * fan_stock[p])) for p in mf.populations)
     att_acc = float(np.mean(sum((spikes[f"layer{i}.key"] + spikes[f"layer{i}.value"]) * L for i in range(n_layers))))
     softmax = float(np.mean(n_layers * OPS_PER_SCORE * heads * L ** 2 * T))
     layernorm = float(np.mean(n_layers * 2 * OPS_PER_LAYERNORM_ELEMENT * L * h * T))
@@ -311,6 +352,8 @@ def operations(mf: ModelFile, act: dict, lengths: np.ndarray, teacher: dict) -> 
         "t_conv": T,
         "synaptic_acc_per_sentence": syn_total,
         "synaptic_acc_by_population": syn_by_pop,
+        "share_synaptic_acc_in_stock_processes": syn_stock / syn_total if syn_total else 0.0,
+        "chip_host_values_per_sentence": chip_host_values(mf, float(L.mean()), T),
         "nonspiking_per_sentence": {"attention_acc (QK^T, PV with binary K/V)": att_acc, "softmax": softmax,
                                     "layernorm": layernorm, "gelu": gelu, "block_bias_adds": block_bias,
                                     "embedding_current (once)": embedding, "classifier_mac (once)": classifier},
@@ -392,10 +435,11 @@ def build_report(path: str | Path, *, seq_len: int | None = None, glue_dir=None,
     mf = read_model_file(path)
     cfg = mf.config
     L = int(seq_len or cfg["max_length"])
-    report: dict[str, Any] = {"model_file": str(path), "schema_version": mf.schema_version,
+    report: dict[str, Any] = {"model_file": str(path), "profile": "paper", "schema_version": mf.schema_version,
                               "precision": mf.precision, "config": cfg, "hw_validated": False,
                               "hardware": hardware_check(mf, L), "energy_constants": ENERGY}
     if not measure:
+        report["headline"] = headline(report)
         return report
     t_list = sorted(set(t_list or [4, 8, 16, 32]) | {int(cfg["t_conv"])})
     sents, labels, note = _inputs(mf, glue_dir=glue_dir, n=n_sentences, seq_len=L, inputs=inputs)
@@ -416,6 +460,7 @@ def build_report(path: str | Path, *, seq_len: int | None = None, glue_dir=None,
     if png:
         plot_efficiency(report, png)
         report["png"] = str(png)
+    report["headline"] = headline(report)
     return report
 
 
@@ -456,6 +501,55 @@ def plot_efficiency(report: dict, png: str | Path) -> None:
     fig.tight_layout()
 
     atomic_save_figure(fig, png)
+
+
+def size_headline(profile: str, precision: str, totals: dict) -> dict[str, Any]:
+    """The size part of a report's headline, the same keys for every profile."""
+    keys = ("neurons", "synapses", "unique_weights", "cores_lower_bound", "cores_conservative", "chips_lower_bound",
+            "chips_conservative", "share_neurons_in_stock_processes", "share_synapses_in_stock_processes")
+    return {"profile": profile, "precision": precision, **{k: totals[k] for k in keys}, "per_t": {}}
+
+
+def headline(report: dict) -> dict[str, Any]:
+    """The numbers ``side_by_side_lines`` compares across profiles, from a paper-profile report. Host
+    operations: the non-spiking blocks' operations (attention, softmax, LayerNorm, GELU, bias adds,
+    embedding, classifier); energy: synaptic accumulates and those operations."""
+    out = size_headline("paper", report["precision"], report["hardware"]["totals"])
+    for T, o in (report.get("operations") or {}).items():
+        out["per_t"][int(T)] = {
+            "synaptic_acc": o["synaptic_acc_per_sentence"],
+            "share_synaptic_acc_in_stock_processes": o["share_synaptic_acc_in_stock_processes"],
+            "host_ops": sum(o["nonspiking_per_sentence"].values()),
+            "chip_host_values": sum(o["chip_host_values_per_sentence"].values()),
+            "energy_uj": o["energy_pj"]["snn_with_nonspiking"] / 1e6,
+            "efficiency_vs_same_size_ann": o["efficiency_vs_same_size_ann"]["with_nonspiking"]}
+    return out
+
+
+def side_by_side_lines(headlines: list[dict], names: list[str]) -> list[str]:
+    """A markdown table of reports' headlines (``headline``, ``loihi_headline``), one column each."""
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    rows = [("profile, precision", lambda h: f"{h['profile']}, {h['precision']}"),
+            ("neurons", lambda h: f"{h['neurons']:,}"),
+            ("synapses (stored) / unique weights", lambda h: f"{h['synapses']:,} / {h['unique_weights']:,}"),
+            ("Loihi 2 cores (lower bound..conservative)", lambda h: f"{h['cores_lower_bound']}..{h['cores_conservative']}"),
+            ("Loihi 2 chips", lambda h: f"{h['chips_lower_bound']}..{h['chips_conservative']}"),
+            ("neurons in stock processes (neurocore model)", lambda h: pct(h["share_neurons_in_stock_processes"])),
+            ("synapses in stock processes", lambda h: pct(h["share_synapses_in_stock_processes"]))]
+    ts = sorted(set.intersection(*(set(h["per_t"]) for h in headlines))) if headlines else []
+    for T in ts:
+        rows += [(f"T={T}: synaptic accumulates / sentence", lambda h, T=T: f"{h['per_t'][T]['synaptic_acc']:.3g}"),
+                 (f"T={T}: synaptic accumulates in stock processes",
+                  lambda h, T=T: pct(h["per_t"][T]["share_synaptic_acc_in_stock_processes"])),
+                 (f"T={T}: host operations / sentence", lambda h, T=T: f"{h['per_t'][T]['host_ops']:.3g}"),
+                 (f"T={T}: chip<->host values / sentence", lambda h, T=T: f"{h['per_t'][T]['chip_host_values']:.3g}"),
+                 (f"T={T}: energy / sentence (uJ)", lambda h, T=T: f"{h['per_t'][T]['energy_uj']:.3g}"),
+                 (f"T={T}: vs same-size ANN", lambda h, T=T: f"{h['per_t'][T]['efficiency_vs_same_size_ann']:.2f}x")]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(fmt(h) for h in headlines) + " |" for label, fmt in rows]
+    return lines
 
 
 def totals_line(t: dict) -> str:

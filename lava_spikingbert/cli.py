@@ -330,11 +330,25 @@ def cmd_report(args) -> int:
     _check_output_file(args.png, "--png")
     teacher = {"hidden_size": args.teacher_hidden, "num_hidden_layers": args.teacher_layers,
                "intermediate_size": args.teacher_intermediate}
-    report, lines = _build_report(args.model, seq_len=args.seq_len, glue_dir=args.glue_dir,
-                                  n_sentences=args.n_sentences, t_list=list(args.t_list) if args.t_list else None,
-                                  measure=not args.no_measure, inputs=args.inputs, accuracy_json=args.accuracy_json,
-                                  teacher=teacher, png=args.png, fixed_point_sentences=args.fixed_point_sentences)
+    if args.compare is not None and not Path(args.compare).is_file():
+        raise SpikingBertError(f"--compare: model file not found: {args.compare}")
+    common = dict(glue_dir=args.glue_dir, n_sentences=args.n_sentences,
+                  t_list=list(args.t_list) if args.t_list else None, measure=not args.no_measure)
+    report, lines = _build_report(args.model, seq_len=args.seq_len, **common, inputs=args.inputs,
+                                  accuracy_json=args.accuracy_json, teacher=teacher, png=args.png,
+                                  fixed_point_sentences=args.fixed_point_sentences)
     print("\n".join(lines))
+    if args.compare is not None:
+        from hw_export.report import side_by_side_lines
+
+        other, other_lines = _build_report(args.compare, seq_len=report["hardware"]["seq_len"], **common,
+                                           inputs=args.inputs, teacher=teacher, fixed_point_sentences=0)
+        print("\n".join(other_lines))
+        table = side_by_side_lines([report["headline"], other["headline"]], [args.model, args.compare])
+        print(f"side by side (seq_len {report['hardware']['seq_len']}; per sentence: mean over the measured "
+              "sentences):")
+        print("\n".join(table))
+        report = {**report, "compared_with": other, "side_by_side": table}
     _write_json(args.json, report)
     return 0
 
@@ -574,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-intermediate", type=int, default=None)
     p.add_argument("--fixed-point-sentences", type=non_negative_int, default=8)
     p.add_argument("--no-measure", action="store_true", help="static check only (no simulation)")
+    p.add_argument("--compare", default=None, metavar="OTHER.h5",
+                   help="also report this model file (e.g. the other profile's) at the same seq_len and T, and "
+                        "print the two side by side")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("lava", help="run a model file (.h5) on the Lava simulator: task metric, parity, speed")

@@ -68,3 +68,22 @@ IF_DU_FLOAT, IF_DV_FLOAT = 1.0, 0.0
 # synapse kinds of the loihi profile: depthwise token mixing (banded), token-wise channel mixing
 # (block-diagonal), per-channel residual gain (diagonal)
 LOIHI_SYNAPSE_KINDS = ("token_mix", "channel", "residual")
+
+# ------------------------------------------------------------------------------ Lava processes per profile
+# The Lava process class each part of a profile's graph is built from (paper: lava.builder;
+# loihi: lava.loihi_graph; tests compare these names with the compiled graphs). Only processes from
+# the stock libraries have Loihi 2 neurocore models; the reports count the shares from these names.
+STOCK_PREFIXES = ("lava.proc.", "lava.lib.dl.")
+LAVA_PROCESSES = {
+    "paper": {"population": "lava_spikingbert.lava.procs.ifneuron.IFNeuron",
+              "connection": "lava_spikingbert.lava.procs.token_linear.TokenLinear",
+              # the query synapse is part of the attention block's process
+              "attention_query": "lava_spikingbert.lava.procs.spiking_attention.SpikingAttention"},
+    "loihi": {"population": "lava.proc.lif.process.LIFReset", "synapse": "lava.proc.sparse.process.Sparse",
+              "delayed_synapse": "lava.proc.sparse.process.DelaySparse"},
+}
+
+
+def is_stock_process(qualified_name: str) -> bool:
+    """Whether a process class (module-qualified name) comes from lava-nc or lava-dl."""
+    return qualified_name.startswith(STOCK_PREFIXES)

@@ -40,14 +40,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sps
 
-from lava_spikingbert.contract.constants import EMBED, IF_DU_FLOAT, IF_DV_FLOAT
+from lava_spikingbert.contract.constants import EMBED, IF_DU_FLOAT, IF_DV_FLOAT, is_stock_process
 from lava_spikingbert.contract.errors import SpikingBertError
 from lava_spikingbert.contract.model_file import LoihiModelFile, LoihiSynapse, ModelFileError, loihi_layout
 from lava_spikingbert.lava.lava_import import import_lava_runtime
 from lava_spikingbert.lava.packing import pack_with_margins
 
 TAGS = ("floating_pt", "fixed_pt")
-STOCK_PREFIXES = ("lava.proc.", "lava.lib.dl.")
 
 
 # ------------------------------------------------------------------------------------ rows
@@ -325,7 +324,7 @@ def stock_problems(rows: list[dict]) -> list[str]:
     """One line per leaf process that is neither a declared boundary process nor from
     ``lava.proc`` / ``lava.lib.dl``."""
     return [f"{r['name']}: {r['process']} (model {r['model']}) is not a stock Lava process"
-            for r in rows if not r["boundary"] and not r["process"].startswith(STOCK_PREFIXES)]
+            for r in rows if not r["boundary"] and not is_stock_process(r["process"])]
 
 
 # ------------------------------------------------------------------------------------ one stream

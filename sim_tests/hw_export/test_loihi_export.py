@@ -157,3 +157,33 @@ def test_cli_export_dispatches_on_the_checkpoint_profile(tmp_path, capsys):
     assert read_model_file(tmp_path / "m.h5").profile == "loihi"
     assert cli_main(["export", "--model", str(ckpt), "--precision", "ternary", "--out", str(tmp_path / "t.h5")]) == 1
     assert "loihi profile exports" in capsys.readouterr().err
+
+
+def test_report_puts_the_two_profiles_side_by_side(tmp_path, capsys):
+    """``report --compare``: the loihi file's work sits in stock processes, the paper file's in none."""
+    from conftest import tiny_model
+    from hw_export.export import export_model
+    from hw_export.quantize import quantize_model
+    from lava_spikingbert.contract.model_file import write_model_file
+
+    loihi = write_model_file(tmp_path / "loihi.h5", loihi_file_from_model(active_model(), "int8"))
+    paper = tmp_path / "paper.h5"
+    export_model(quantize_model(tiny_model(), "int8"), "int8", paper)
+    out = tmp_path / "side.json"
+    assert cli_main(["report", "--model", str(loihi), "--compare", str(paper), "--inputs", "random",
+                     "--n-sentences", "3", "--t-list", "4", "--seq-len", "12", "--fixed-point-sentences", "0",
+                     "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")[1:] for line in text.splitlines()
+            if line.startswith("| ")}
+    assert rows["profile, precision"] == ["loihi, int8", "paper, int8"]
+    assert rows["neurons in stock processes (neurocore model)"] == ["100.0%", "0.0%"]
+    assert rows["synapses in stock processes"] == ["100.0%", "0.0%"]
+    assert rows["T=4: synaptic accumulates in stock processes"] == ["100.0%", "0.0%"]
+    report = json.loads(out.read_text())
+    assert report["profile"] == "loihi" and report["compared_with"]["profile"] == "paper"
+    assert report["compared_with"]["hardware"]["seq_len"] == report["hardware"]["seq_len"] == 12
+    paper_ops = report["compared_with"]["operations"]["4"]
+    assert paper_ops["synaptic_acc_per_sentence"] > 0 and sum(paper_ops["chip_host_values_per_sentence"].values()) > 0
+    assert cli_main(["report", "--model", str(loihi), "--compare", str(tmp_path / "nope.h5"), "--no-measure"]) == 1
+    assert "--compare: model file not found" in capsys.readouterr().err

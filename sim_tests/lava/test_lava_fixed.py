@@ -85,6 +85,31 @@ def test_fixed_pt_other_neuron_counts_equal_reference(tmp_path, neuron):
 
 
 @pytest.mark.lava
+def test_paper_graph_is_built_from_the_processes_the_report_counts(model_file):
+    """The report's paper column (0% of neurons and synapses in stock processes) rests on these
+    classes: every population is an IFNeuron, every synapse a TokenLinear or part of the attention."""
+    from lava.magma.compiler.compiler import Compiler
+
+    from lava_spikingbert.contract.constants import LAVA_PROCESSES, is_stock_process
+    from lava_spikingbert.lava.builder import build_network
+    from lava_spikingbert.lava.runner import sim_run_config
+
+    ids, mask = batch()
+    params = fixed_params(model_file)
+    emb = embedding_grid(model_file, ids.numpy(), None, params.layer_norm_eps, params.extra["fixed"]["lam"])
+    net = build_network(params, emb, mask.numpy(), t_steps=T)
+    executable = Compiler().compile(net.source, sim_run_config("fixed_pt"))
+    leaves = {proc.name: f"{type(proc).__module__}.{type(proc).__name__}" for proc in executable.proc_builders}
+    paper = LAVA_PROCESSES["paper"]
+    assert {leaves[name] for name in model_file.populations} == {paper["population"]}
+    built = list(leaves.values())
+    into_attention = [c for c in model_file.connections.values() if c.target.endswith(".attention")]
+    assert built.count(paper["connection"]) == len(model_file.connections) - len(into_attention)
+    assert built.count(paper["attention_query"]) == len(into_attention) == model_file.num_layers
+    assert not any(is_stock_process(cls) for cls in built)
+
+
+@pytest.mark.lava
 def test_fixed_pt_reset_leaks_nothing(model_file):
     """Sentence k's counts do not depend on the sentences run before it in the same graph."""
     ids, mask = batch(3, seed=2)

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hw_export"))
 from hw_export.loihi_export import loihi_file_from_model  # noqa: E402
 from hw_export.loihi_fixed_point import LoihiFixedPoint, float_reference  # noqa: E402
 from lava_spikingbert.lava.lava_import import import_lava_runtime  # noqa: E402
+from lava_spikingbert.contract.constants import LAVA_PROCESSES  # noqa: E402
 from lava_spikingbert.lava.loihi_graph import (build_network, leaf_processes, plan_rows, run_rows,  # noqa: E402
                                                stock_problems)
 from lava_spikingbert.lava.packing import pack_with_margins  # noqa: E402
@@ -50,6 +51,7 @@ def test_only_stock_processes_between_input_and_readout(int8_file, tag):
     kinds = sorted({r["process"] for r in inner})
     assert kinds == ["lava.proc.lif.process.LIFReset", "lava.proc.sparse.process.DelaySparse",
                      "lava.proc.sparse.process.Sparse"]
+    assert set(kinds) == set(LAVA_PROCESSES["loihi"].values())  # what the report counts as stock
     assert len(inner) == len(mf.populations) + len(mf.synapses)
     models = {r["model"].rsplit(".", 1)[1] for r in inner}
     assert models == ({"PyLifResetModelBitAcc", "PySparseModelBitAcc", "PyDelaySparseModelBitAcc"} if tag == "fixed_pt"
