@@ -221,8 +221,33 @@ def graph_layout(cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 # ------------------------------------------------------------------------------------ model file
+class _FileMembers:
+    """What both profiles' model files have: ``precision``, ``tokenizer_files`` and ``path`` (fields
+    of the dataclasses below) and the behaviour built on them."""
+
+    precision: str
+    tokenizer_files: dict[str, bytes]
+    path: str | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in QUANTIZED_MODES
+
+    def write_tokenizer(self, directory: str | os.PathLike) -> Path:
+        """Write the stored tokenizer files into ``directory`` (for ``AutoTokenizer.from_pretrained``)."""
+        if not self.tokenizer_files:
+            raise ModelFileError(f"{self.path or 'model file'}: /tokenizer holds no files")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for name, data in self.tokenizer_files.items():
+            if not plain_file_name(name):  # (read_model_file refuses these; a ModelFile may be built by hand)
+                raise ModelFileError(f"{self.path or 'model file'}: /tokenizer file name {name!r} is not a plain name")
+            (d / name).write_bytes(data)
+        return d
+
+
 @dataclass
-class ModelFile:
+class ModelFile(_FileMembers):
     """In-memory content of a model file (what :func:`write_model_file` writes and
     :func:`read_model_file` returns)."""
 
@@ -245,10 +270,6 @@ class ModelFile:
     @property
     def num_layers(self) -> int:
         return int(self.config["num_hidden_layers"])
-
-    @property
-    def quantized(self) -> bool:
-        return self.precision in QUANTIZED_MODES
 
     @property
     def mask_negative(self) -> float:
@@ -278,18 +299,6 @@ class ModelFile:
         return IntegerView(scale_exp=int(self.quantization["scale_exp"]), vth_mant=int(self.quantization["vth_mant"]),
                            vth=float(self.config["vth"]), synapses=syn)
 
-    def write_tokenizer(self, directory: str | os.PathLike) -> Path:
-        """Write the stored tokenizer files into ``directory`` (for ``AutoTokenizer.from_pretrained``)."""
-        if not self.tokenizer_files:
-            raise ModelFileError(f"{self.path or 'model file'}: /tokenizer holds no files")
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        for name, data in self.tokenizer_files.items():
-            if not plain_file_name(name):  # (read_model_file refuses these; a ModelFile may be built by hand)
-                raise ModelFileError(f"{self.path or 'model file'}: /tokenizer file name {name!r} is not a plain name")
-            (d / name).write_bytes(data)
-        return d
-
 
 # ------------------------------------------------------------------------------------ writing
 def _set_attrs(obj, attrs: dict[str, Any]) -> None:
@@ -313,23 +322,30 @@ def write_model_file(path: str | os.PathLike, mf: ModelFile) -> Path:
     return path
 
 
-def _write(f: h5py.File, mf: ModelFile) -> None:
-    quant = mf.precision in QUANTIZED_MODES
+def _write_common(f: h5py.File, mf: "ModelFile | LoihiModelFile") -> h5py.Group:
+    """The sections every profile's file has: the root attributes, /config (returned), /provenance
+    and /tokenizer."""
     f.attrs["format"] = FORMAT
     f.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
     f.attrs["precision"] = mf.precision
     f.attrs["profile"] = mf.profile
-    g = f.create_group("config")
-    g.attrs["json"] = json.dumps(mf.config, sort_keys=True)
-    for k, v in mf.config.items():
-        if isinstance(v, (bool, int, float, str)):
-            g.attrs[k] = v
+    config = f.create_group("config")
+    config.attrs["json"] = json.dumps(mf.config, sort_keys=True, default=str)
     g = f.create_group("provenance")
     g.attrs["json"] = json.dumps(mf.provenance, sort_keys=True, default=str)
     g = f.create_group("tokenizer")
     g.attrs["files"] = json.dumps(sorted(mf.tokenizer_files))
     for name, data in sorted(mf.tokenizer_files.items()):
         g.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8))
+    return config
+
+
+def _write(f: h5py.File, mf: ModelFile) -> None:
+    quant = mf.precision in QUANTIZED_MODES
+    config = _write_common(f, mf)
+    for k, v in mf.config.items():
+        if isinstance(v, (bool, int, float, str)):
+            config.attrs[k] = v
     g = f.create_group("embeddings")
     for k in ("word", "position", "token_type"):
         g.create_dataset(k, data=np.asarray(mf.embeddings[k], dtype=np.float32))
@@ -867,7 +883,7 @@ class LoihiSynapse:
 
 
 @dataclass
-class LoihiModelFile:
+class LoihiModelFile(_FileMembers):
     """In-memory content of a profile-"loihi" model file."""
 
     precision: str
@@ -893,15 +909,8 @@ class LoihiModelFile:
         return int(self.config["margin"])
 
     @property
-    def quantized(self) -> bool:
-        return self.precision in QUANTIZED_MODES
-
-    @property
     def output_population(self) -> str:
         return f"layer{self.num_layers - 1}.out"
-
-    def write_tokenizer(self, directory: str | os.PathLike) -> Path:
-        return ModelFile.write_tokenizer(self, directory)  # type: ignore[arg-type]
 
     def input_current(self, ids: np.ndarray, types: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         """Host side: the per-token input current of ``embed`` (float64, ``ids.shape + (d,)``):
@@ -983,18 +992,7 @@ def loihi_range_problems(mf: LoihiModelFile) -> list[str]:
 
 def _write_loihi(f: h5py.File, mf: LoihiModelFile) -> None:
     quant = mf.precision in QUANTIZED_MODES
-    f.attrs["format"] = FORMAT
-    f.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
-    f.attrs["precision"] = mf.precision
-    f.attrs["profile"] = "loihi"
-    g = f.create_group("config")
-    g.attrs["json"] = json.dumps(mf.config, sort_keys=True, default=str)
-    g = f.create_group("provenance")
-    g.attrs["json"] = json.dumps(mf.provenance, sort_keys=True, default=str)
-    g = f.create_group("tokenizer")
-    g.attrs["files"] = json.dumps(sorted(mf.tokenizer_files))
-    for name, data in sorted(mf.tokenizer_files.items()):
-        g.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8))
+    _write_common(f, mf)
     g = f.create_group("host_input")
     for k in ("word", "position", "token_type", "gamma", "beta", "weight", "bias"):
         g.create_dataset(k, data=np.asarray(mf.host_input[k], dtype=np.float32))
