@@ -35,8 +35,8 @@ def _add_data_args(p: argparse.ArgumentParser, task_required: bool = False) -> N
 
 
 def _add_custom_file_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-file", default=None, help="custom TSV/CSV (with --task custom): the split to use")
-    p.add_argument("--train-file", default=None, help="custom TSV/CSV training file (with --task custom)")
+    p.add_argument("--data-file", default=None, help="custom TSV/CSV/JSONL (with --task custom): the split to use")
+    p.add_argument("--train-file", default=None, help="custom TSV/CSV/JSONL training file (with --task custom)")
     p.add_argument("--text-columns", default="sentence", help="custom data: 1 or 2 comma-separated text columns")
     p.add_argument("--label-column", default="label", help="custom data: label column")
     p.add_argument("--task-type", default="classification", choices=("classification", "regression"))

@@ -1,4 +1,4 @@
-"""Readers of GLUE's TSV files, user TSV/CSV files and plain-text corpora.
+"""Readers of GLUE's TSV files, user TSV/CSV/JSON-lines files and plain-text corpora.
 
 Each returns a list of :class:`Example`; bad rows raise :class:`~training.tasks.DataError` naming
 ``file:line``. No torch.
@@ -7,13 +7,15 @@ Each returns a list of :class:`Example`; bad rows raise :class:`~training.tasks.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from training.tasks import DataError, SplitLayout, TaskSpec, get_task, split_name
 from training.text_files import check_text_file
@@ -75,6 +77,9 @@ def glue_file(task: str | TaskSpec, split: str, glue_dir: str | os.PathLike | No
     return task_dir / spec.files[split]
 
 
+JSONL = "jsonl"  # the "delimiter" of a JSON-lines file: one JSON object per line, columns are its keys
+
+
 def _delimiter_for(path: Path, delimiter: str | None) -> str:
     if delimiter is not None:
         return delimiter
@@ -83,7 +88,42 @@ def _delimiter_for(path: Path, delimiter: str | None) -> str:
         return "\t"
     if suffix == ".csv":
         return ","
-    raise DataError(f"{path}: cannot infer the delimiter from extension {suffix!r}; pass delimiter=")
+    if suffix in (".jsonl", ".ndjson"):
+        return JSONL
+    raise DataError(f"{path}: cannot infer the format from extension {suffix!r} (.tsv, .csv or .jsonl); "
+                    "pass delimiter=")
+
+
+@contextmanager
+def _rows(path: Path, delimiter: str, columns: Sequence[str | int]) -> Iterator[Iterator[tuple[int, list[str]]]]:
+    """The lines of a delimited file as (line number, cells), or of a JSON-lines file as (line
+    number, the values of ``columns`` as strings; the first item is ``columns`` itself, the header).
+    TSV is read without quote processing (like GLUE), CSV with standard double-quote quoting."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        if delimiter != JSONL:
+            reader = csv.reader(fh, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else
+                                csv.QUOTE_MINIMAL)
+            yield ((reader.line_num, row) for row in reader)
+            return
+
+        def objects():
+            yield 0, [str(c) for c in columns]
+            for line, text in enumerate(fh, 1):
+                if not text.strip():
+                    yield line, []
+                    continue
+                try:
+                    obj = json.loads(text)
+                except ValueError as exc:
+                    raise DataError(f"{path}:{line}: not a JSON object ({exc})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{line}: not a JSON object (found {type(obj).__name__})")
+                missing = [c for c in columns if c not in obj]
+                if missing:
+                    raise DataError(f"{path}:{line}: missing key(s) {missing}")
+                yield line, ["" if obj[c] is None else str(obj[c]) for c in columns]
+        yield objects()
 
 
 def _column_index(col: str | int, header: list[str] | None, path: Path, what: str) -> int:
@@ -102,7 +142,6 @@ def _read_table(
     regression: bool,
     *,
     delimiter: str = "\t",
-    quoting: int = csv.QUOTE_NONE,
     guid_prefix: str,
     limit: int | None = None,
     skip_empty: bool = False,
@@ -117,14 +156,15 @@ def _read_table(
     label_to_id = None if (regression or labels is None) else {lab: i for i, lab in enumerate(labels)}
     examples: list[Example] = []
     skipped: list[int] = []
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
+    columns = [c for c in (layout.text_a, layout.text_b, layout.label) if c is not None]
+    if delimiter == JSONL and not layout.header:
+        raise DataError(f"{path}: a JSON-lines file names its columns; this layout has none")
+    with _rows(path, delimiter, columns) as reader:
         header: list[str] | None = None
         n_cols = layout.n_columns
         if layout.header:
             try:
-                header = next(reader)
+                header = next(reader)[1]
             except StopIteration:
                 raise DataError(f"{path}:1: empty file, expected a header line") from None
             header = [h.strip() for h in header]
@@ -133,8 +173,7 @@ def _read_table(
         ib = None if layout.text_b is None else _column_index(layout.text_b, header, path, "second text")
         il = None if layout.label is None else _column_index(layout.label, header, path, "label")
         needed = max(i for i in (ia, ib, il) if i is not None)
-        for row in reader:
-            line = reader.line_num
+        for line, row in reader:
             if limit is not None and len(examples) >= limit:
                 break
             if not row or (len(row) == 1 and not row[0].strip()):
@@ -233,24 +272,19 @@ def infer_labels(path: str | os.PathLike, label_column: str, delimiter: str | No
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     delim = _delimiter_for(path, delimiter)
-    quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
     seen: set[str] = set()
     check_text_file(path)
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delim, quoting=quoting)
+    with _rows(path, delim, [label_column]) as reader:
         try:
-            header = [h.strip() for h in next(reader)]
+            header = [h.strip() for h in next(reader)[1]]
         except StopIteration:
             raise DataError(f"{path}:1: empty file, expected a header line") from None
         il = _column_index(label_column, header, path, "label")
-        for row in reader:
+        for line, row in reader:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != len(header):
-                raise DataError(
-                    f"{path}:{reader.line_num}: malformed row: expected {len(header)} columns, found {len(row)}"
-                )
+                raise DataError(f"{path}:{line}: malformed row: expected {len(header)} columns, found {len(row)}")
             if row[il].strip():
                 seen.add(row[il].strip())
     if not seen:
@@ -269,10 +303,13 @@ def load_custom(
     limit: int | None = None,
     skip_empty: bool = False,
 ) -> list[Example]:
-    """Read any headed TSV/CSV: 1 or 2 text columns and a label column (or None for unlabelled).
+    """Read any headed TSV/CSV or JSON-lines file: 1 or 2 text columns and a label column (or None for
+    unlabelled).
 
-    The delimiter comes from the extension (.tsv -> tab, .csv -> comma) unless given. TSV is read
-    without quote processing (like GLUE); CSV with standard double-quote quoting. For classification
+    The format comes from the extension (.tsv -> tab, .csv -> comma, .jsonl/.ndjson -> one JSON
+    object per line whose keys are the columns; values become strings, null an empty text) unless
+    ``delimiter`` is given. TSV is read without quote processing (like GLUE); CSV with standard
+    double-quote quoting. For classification
     the labels default to the sorted unique values of the file (pass the training labels explicitly
     when reading a dev/test file, or use ``custom_task_spec(...).labels``).
     """
@@ -289,7 +326,6 @@ def load_custom(
         None if regression else labels,
         regression,
         delimiter=delim,
-        quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL,
         guid_prefix=path.stem,
         limit=limit,
         skip_empty=skip_empty,

@@ -351,6 +351,27 @@ def test_custom_csv_and_tsv(tmp_path):
         load_custom(tmp_path / "missing.tsv", ["t"], "l")
 
 
+def test_custom_jsonl(tmp_path):
+    """JSON lines: keys are the columns, values become strings (1 and "1" are one class), blank lines
+    are skipped, and a bad line names the file and the line."""
+    rows = ['{"text": "great", "label": 1, "extra": [1, 2]}', "", '{"text": "awful", "label": "0"}',
+            '{"text": "fine", "label": 1}']
+    path = _write(tmp_path / "reviews.jsonl", rows)
+    got = load_custom(path, ["text"], "label")
+    assert [(e.text_a, e.label) for e in got] == [("great", 1), ("awful", 0), ("fine", 1)]
+    assert custom_task_spec(path=path, text_columns=["text"]).labels == ("0", "1")
+    pairs = _write(tmp_path / "pairs.ndjson", ['{"a": "x", "b": "y", "score": 0.5}', '{"a": "p", "b": "q", "score": 3}'])
+    got = load_custom(pairs, ["a", "b"], "score", task_type="regression")
+    assert [(e.text_a, e.text_b, e.label) for e in got] == [("x", "y", 0.5), ("p", "q", 3.0)]
+    for bad_line, message in (('{"text": "x"}', r"missing key\(s\) \['label'\]"), ("[1, 2]", "not a JSON object"),
+                              ('{"text": "x", "label": 1', "not a JSON object"),
+                              ('{"text": null, "label": 1}', "empty text"), ('{"text": "x", "label": 7}',
+                                                                             "unknown label '7'")):
+        bad = _write(tmp_path / "bad.jsonl", ['{"text": "ok", "label": 0}', bad_line])
+        with pytest.raises(DataError, match=rf"{bad}:2: .*{message}"):
+            load_custom(bad, ["text"], "label", labels=["0", "1"])
+
+
 def test_plain_text_corpus(tmp_path):
     p = _write(tmp_path / "corpus.txt", ["first sentence .", "", "  second one  "])
     got = plain_text_corpus(p)
