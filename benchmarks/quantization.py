@@ -65,27 +65,30 @@ def main() -> None:
     examples = load_glue(spec, "dev", glue_dir(args.glue_dir), limit=args.limit)
     dev = encode(examples, _tokenizer_for(args.model), max_len)
 
-    def evaluate(name: str, m, source: str) -> dict:
+    def evaluate(name: str, m, source: str, method: str) -> dict:
         r = evaluate_student(m, dev, spec, t_conv=T, batch_size=args.batch_size)
         preds = r.pop("predictions")
-        row = {"name": name, "precision": m.config.weights, "source": source, "t_conv": T, "n": r["n"],
+        row = {"name": name, "precision": m.config.weights, "method": method, "source": source, "t_conv": T,
+               "n": r["n"],
                "accuracy": r["metrics"]["accuracy"], "sentences_per_s": r["sentences_per_s"], "_preds": preds}
         print(f"{name:<24} accuracy {100 * row['accuracy']:.2f}%  ({r['n']} sentences, T={T})", flush=True)
         return row
 
     rows = []
     base = model.config.weights
-    rows.append(evaluate(base if base == "fp32" else f"{base} (as trained)", model, weights_text))
+    rows.append(evaluate(base if base == "fp32" else f"{base} (as trained)", model, weights_text, "as_trained"))
     for mode in [m for m in args.modes.split(",") if m]:
         if base != "fp32" and mode != base:
             print(f"{mode:<24} skipped: the model was trained with {base} weights")
             continue
         if mode == base:
             continue
-        rows.append(evaluate(f"{mode} (PTQ)", quantize_model(model, mode), f"PTQ of {args.model or 'random'}"))
+        rows.append(evaluate(f"{mode} (PTQ)", quantize_model(model, mode), f"PTQ of {args.model or 'random'}", "ptq"))
     for d in args.qat:
-        rows.append(evaluate(f"{SpikingBert.from_pretrained(d).config.weights} (QAT {d})",
-                             SpikingBert.from_pretrained(d), f"QAT checkpoint {d}"))
+        qat = SpikingBert.from_pretrained(d)
+        rows.append(evaluate(f"{qat.config.weights} (QAT {d})", qat, f"QAT checkpoint {d}", "qat"))
+    for r in rows:  # points vs the model as trained (fp32 when the model is fp32)
+        r["delta_pp"] = round(100 * (r["accuracy"] - rows[0]["accuracy"]), 4)
 
     fixed = None
     if args.fixed_point > 0:
@@ -98,7 +101,7 @@ def main() -> None:
         # the float simulation of the same quantized model: the model itself, or its int8 PTQ row
         # (evaluated here when --modes left it out)
         ref = rows[0] if q is model else next((r for r in rows if r["name"] == "int8 (PTQ)"), None)
-        ref_preds = (ref or evaluate("int8 (PTQ)", q, "fixed-point reference"))["_preds"]
+        ref_preds = (ref or evaluate("int8 (PTQ)", q, "fixed-point reference", "ptq"))["_preds"]
         for s in range(0, n, 16):
             idx = list(range(s, min(n, s + 16)))
             ids, mask, tt = right_pad([dev.input_ids[i] for i in idx], [dev.token_type_ids[i] for i in idx])
@@ -117,9 +120,9 @@ def main() -> None:
     for r in rows:
         r.pop("_preds")
     print()
-    print(table(["model", "precision", "T", "n", "accuracy %", "sentences/s"],
-                [[r["name"], r["precision"], r["t_conv"], r["n"], 100 * r["accuracy"], r["sentences_per_s"]]
-                 for r in rows]))
+    print(table(["model", "precision", "T", "n", "accuracy %", "vs first row (points)", "sentences/s"],
+                [[r["name"], r["precision"], r["t_conv"], r["n"], 100 * r["accuracy"], r["delta_pp"],
+                  r["sentences_per_s"]] for r in rows]))
     write_json(args.json, {"benchmark": "quantization", "weights": weights_text, "task": "sst2", "split": "dev",
                            "t_conv": T, "rows": rows, "fixed_point": fixed, **run_info(args)})
 
