@@ -58,30 +58,35 @@ class SynapseLinear(nn.Linear):
     """
 
     weight_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # (weight key, IntWeights, {"q": Q(W), "int8": (codes view, step) or None}) for use without
-    # autograd: quantized once per weight change, not at every time step
-    _quant_cache: tuple | None = None
 
     def _quantized(self) -> tuple:
-        w = self.weight  # the key changes with every in-place update (optimizer step, load) and .to()
-        key = (w._version, w.data_ptr(), w.dtype, self.weight_quantizer)
-        if self._quant_cache is None or self._quant_cache[0] != key:
-            self._quant_cache = (key, self.weight_quantizer.integer(w), {})
-        return self._quant_cache
+        """(IntWeights, derived tensors) of the current weight. Inside a simulation
+        (``frozen_quantized_weights``) they are computed once per call and thread and reused at
+        every time step; outside one they are recomputed, so no optimizer step can leave them stale
+        (fused optimizers update weights in place without bumping their version counter)."""
+        cache = _thread_state().quant_cache
+        w = self.weight
+        key = (w.data_ptr(), w.dtype, self.weight_quantizer)
+        entry = cache.get(id(self)) if cache is not None else None
+        if entry is None or entry[0] != key:
+            entry = (key, self.weight_quantizer.integer(w), {})
+            if cache is not None:
+                cache[id(self)] = entry
+        return entry[1:]
 
     def synaptic_weight(self) -> torch.Tensor:
         if self.weight_quantizer is None:
             return self.weight
         if torch.is_grad_enabled() and self.weight.requires_grad:  # training: straight-through gradient
             return self.weight_quantizer(self.weight)
-        _, iw, derived = self._quantized()
+        iw, derived = self._quantized()
         if "q" not in derived:  # what WeightQuantizer.quantize returns, from the cached integers
             derived["q"] = iw.dequantize(self.weight.dtype).to(self.weight.device)
         return derived["q"]
 
     def int8_weight(self) -> tuple[torch.Tensor, float] | None:
         """(int8 codes as an ``in x out`` view, step) of the quantized weight, cached until it changes."""
-        _, iw, derived = self._quantized()
+        iw, derived = self._quantized()
         if "int8" not in derived:
             op = int8_codes(iw)
             # the transposed view of the row-major (out x in) codes: oneDNN's int8 kernel is
@@ -110,8 +115,9 @@ class SynapseLinear(nn.Linear):
 
 # Per-thread simulation state, so that several threads can simulate batches with one model at
 # once (``lava_spikingbert.model.inference.predict_batches``): the synapses this thread feeds with spikes,
-# and the last spike tensor converted to int8 (query, key and value read the same spikes; the
-# tensor itself is held, so an identity + version match cannot be a recycled address).
+# the last spike tensor converted to int8 (query, key and value read the same spikes; the
+# tensor itself is held, so an identity + version match cannot be a recycled address), and the
+# quantized synapse weights of the running simulation (None outside one).
 _local = threading.local()
 
 
@@ -119,6 +125,7 @@ def _thread_state():
     if not hasattr(_local, "binary_synapses"):
         _local.binary_synapses = set()
         _local.spike_codes = []
+        _local.quant_cache = None
     return _local
 
 
@@ -130,6 +137,21 @@ def _spike_codes(x: torch.Tensor) -> torch.Tensor:
     codes = x.reshape(-1, x.shape[-1]).to(torch.int8)
     last[:] = [x, x._version, codes]
     return codes
+
+
+@contextmanager
+def frozen_quantized_weights():
+    """Quantize each synapse's weight at most once while the block runs (in this thread): the
+    weights cannot change during one simulation, and requantizing them at every step is costly."""
+    state = _thread_state()
+    outermost = state.quant_cache is None
+    if outermost:
+        state.quant_cache = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            state.quant_cache = None
 
 
 @contextmanager
@@ -388,7 +410,7 @@ class SpikingBert(nn.Module):
         (see ``SynapseLinear``; no effect on fp32 weights or when autograd records).
         """
         binary = integer_synapses and spike_fn is heaviside and not torch.is_grad_enabled()
-        with binary_synapse_inputs(self, binary and self.config.weights != "fp32"):
+        with binary_synapse_inputs(self, binary and self.config.weights != "fp32"), frozen_quantized_weights():
             return self._simulate(emb_current, attention_mask, t_conv, dropout=dropout, spike_fn=spike_fn,
                                   record_scores=record_scores, cls_only=cls_only, chunk_steps=chunk_steps,
                                   record_trains=record_trains)

@@ -181,6 +181,30 @@ def test_integer_synapses_give_the_float_result(mode, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_simulation_follows_the_trainers_optimizer_steps(mode):
+    """QAT: after a step of the trainer's optimizer (fused AdamW updates the latent weights in
+    place without bumping their version counter) the no-grad simulation uses the new Q(W), the
+    same as a fresh model holding the updated weights."""
+    from training.common import make_optimizer
+
+    model = tiny_model(weights=mode)
+    ids, mask = tiny_batch()
+    before = model.predict_logits(ids, mask)  # a simulation before the step
+    optimizer = make_optimizer(model, lr=0.05, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.enable_grad():  # a random gradient on every quantized weight
+        loss = sum((lin.synaptic_weight() * torch.randn(lin.weight.shape, generator=g)).sum()
+                   for _, lin in model.synapses())
+        loss.backward()
+    optimizer.step()
+    fresh = tiny_model(weights=mode)
+    fresh.load_state_dict(model.state_dict())
+    after = model.predict_logits(ids, mask)
+    assert torch.equal(after, fresh.predict_logits(ids, mask))
+    assert not torch.equal(after, before)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_checkpoint_round_trip_keeps_quantizers(mode, tmp_path):
     model = tiny_model(weights=mode)
     model.save_pretrained(tmp_path / "m")
