@@ -58,7 +58,6 @@ signed = _fmt("+.2f")              # a difference in points: -0.11 -> '-0.11'
 mb = _fmt(",.0f")                  # megabytes: 4128.3 -> '4,128'
 times = _fmt(".2f", 1, "x")        # a speed-up: 10.769 -> '10.77x'
 minutes = _fmt(".0f", 1 / 60, " min")    # seconds as whole minutes: 2631 -> '44 min'
-minutes_n = _fmt(".0f", 1 / 60)          # the same, number only
 minutes1 = _fmt(".1f", 1 / 60, " min")   # one decimal: 546.9 -> '9.1 min'
 
 
@@ -103,6 +102,9 @@ WALL = "main_job_wall_times.json"
 Q = "quantization_sst2.json"
 SHIPPED = "the shipped default student (signed pairs, rate-ANN warm-up)"
 OLD_77 = "an **older student**: the paper's neuron, 77.52% fp32 (not the shipped default)"
+SHIPPED_INT8 = "the shipped default student's int8 QAT checkpoint (83.83% in torch)"
+LAVA_W1 = "lava_sst2_dev_fixed_pt_shipped.json"
+LAVA_W2 = "lava_sst2_dev_fixed_pt_shipped_w2.json"
 OLD_79 = "an **older student**: the paper's neuron, 79.01% (not the shipped default)"
 
 
@@ -111,8 +113,8 @@ def _qrow(mode: str, target_pp: float) -> Row:
         claim=f"{mode} weights, quantization-aware training (post-training in brackets), T=16",
         values=(Value(Q, f"qat.{mode}.accuracy_pct", num), Value(Q, f"qat.{mode}.delta_pp", signed),
                 Value(Q, f"post_training.{mode}.accuracy_pct", num), Value(Q, f"post_training.{mode}.delta_pp", signed)),
-        text="{0}%, {1} ({2}%, {3})", target=f"within {target_pp:g} points of fp32",
-        met=lambda v: abs(v[1]) <= target_pp, model=OLD_77)
+        text="{0}%, {1} ({2}%, {3})", target=f"loses <= {target_pp:g} points vs fp32",
+        met=lambda v: v[1] >= -target_pp, model=SHIPPED)
 
 
 ROWS: tuple[Row, ...] = (
@@ -172,25 +174,22 @@ ROWS: tuple[Row, ...] = (
     _qrow("int8", 0.5),
     _qrow("ternary", 2),
     _qrow("binary", 4),
-    Row("Lava fixed_pt vs the torch fixed-point reference (int8 file, T=16)",
-        (Value("lava_sst2_dev_fixed_pt.json", "spike_count_match", pct0),
-         Value("lava_sst2_dev_fixed_pt.json", "prediction_agreement", pct0),
-         Value("lava_sst2_dev_fixed_pt_packed.json", "spike_count_match", pct0),
-         Value("lava_sst2_dev_fixed_pt_packed.json", "prediction_agreement", pct0)),
-        "{0} identical spike counts, {1} identical predictions (one sentence per window); packed windows: {2} / {3}",
+    Row("Lava fixed_pt vs the torch fixed-point reference (int8 file, T=16, whole dev set)",
+        (Value(LAVA_W2, "spike_count_match", pct0), Value(LAVA_W2, "prediction_agreement", pct0),
+         Value(LAVA_W1, "spike_count_match", pct0), Value(LAVA_W1, "prediction_agreement", pct0)),
+        "{0} identical spike counts, {1} identical predictions (2 workers); 1 worker: {2} / {3}",
         ">= 99% identical counts, 100% identical predictions",
-        lambda v: min(v[0], v[2]) >= 0.99 and min(v[1], v[3]) == 1.0, OLD_77),
+        lambda v: min(v[0], v[2]) >= 0.99 and min(v[1], v[3]) == 1.0, SHIPPED_INT8),
     Row("Lava floating_pt vs torch fp32 (T=16)",
         (Value("lava_sst2_dev_floating_pt.json", "prediction_agreement"),
          Value("lava_sst2_dev_floating_pt.json", "spike_count_match", pct1)),
         "{0} identical predictions ({1} identical spike counts: float ties)", ">= 99.5% identical predictions",
         lambda v: v[0] >= 0.995, OLD_77),
-    Row("whole dev set through Lava's simulator (fixed_pt, T=16)",
-        (Value("lava_sst2_dev_fixed_pt_packed_timing.json", "wall_s", minutes1),
-         Value("lava_sst2_dev_floating_pt.json", "wall_s", minutes_n),
-         Value("lava_sst2_dev_fixed_pt.json", "wall_s", minutes_n)),
-        "**{0}** (quiet host, sentences packed per window); {1}-{2} min one sentence per window under load",
-        "<= 30 min", lambda v: v[0] <= 1800, OLD_77),
+    Row("whole dev set through Lava's simulator (fixed_pt, T=16), with parity readout",
+        (Value(LAVA_W2, "wall_s", minutes1), Value(LAVA_W1, "wall_s", minutes1)),
+        "**{0}** with `--workers 2`; {1} with one worker (quiet host, sentences packed per window)",
+        "<= 30 min", lambda v: "met with `--workers 2`" if v[0] <= 1800 < v[1] else v[0] <= 1800 and v[1] <= 1800,
+        SHIPPED_INT8),
 )
 
 
