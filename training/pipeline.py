@@ -39,7 +39,7 @@ from lava_spikingbert.model.loihi import LoihiSpikingMixer
 from lava_spikingbert.model.student import load_student
 from training.batching import encode
 from training.common import init_distributed, refuse_other_settings, seed_all
-from training.distill import (StageSettings, evaluate_student, init_loihi_student, init_student_from_teacher,
+from training.distill import (STAGES, StageSettings, evaluate_student, init_loihi_student, init_student_from_teacher,
                               load_stage_result, loihi_config_from_teacher, run_stage, save_checkpoint,
                               settings_differences, stage_done, student_config_from_teacher)
 from training.pipeline_data import HOLDOUT_FRACTION, HOLDOUT_MAX, CustomFiles, carve_holdout, mean_words, sized_budget
@@ -183,12 +183,13 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         train_ex, holdout_ex = carve_holdout(train_ex, spec, seed=seed, fraction=holdout_fraction)
         selection.update({"fraction": holdout_fraction, "max_sentences": HOLDOUT_MAX, "seed": seed,
                           "sentences": len(holdout_ex), "stratified": not spec.is_regression})
+    # a bad forward choice fails now, not after the teacher's fine-tuning
+    rate_ann_stages = [s for s in STAGES if stage_forward(train_forward, s) == "rate_ann"]
     budget_rule = None
     if isinstance(budget, str) and budget in ADAPTIVE_BUDGETS:
-        b, budget_rule = sized_budget(b, len(train_ex), mean_words(train_ex))
+        b, budget_rule = sized_budget(b, len(train_ex), mean_words(train_ex), rate_ann_stages)
         if dist.is_main:
             logger.info("budget %r sized from the training set: %s", budget, budget_rule)
-    stage_forward(train_forward, "general")  # a bad choice fails now, not after the teacher's fine-tuning
     # the budget's batch size is global: under torchrun every rank takes its share of each step's
     # batch (checked before the teacher's fine-tuning, not after)
     if b.batch_size % dist.world_size:

@@ -139,7 +139,7 @@ def mean_words(examples: Sequence[Example]) -> float:
     return total / len(examples)
 
 
-def sized_budget(base, n_train: int, words: float):
+def sized_budget(base, n_train: int, words: float, rate_ann_stages: Sequence[str] = ()):
     """``base`` (a ``training.pipeline.Budget`` whose lengths are the caps) sized for a training set of
     ``n_train`` examples of ``words`` mean words. Returns ``(budget, rule)``, ``rule`` being the
     inputs and the outcome, for the settings record and the log.
@@ -149,8 +149,16 @@ def sized_budget(base, n_train: int, words: float):
       most ``TEACHER_CAP_SENTENCES / f`` sentences, in at most ``TEACHER_MAX_EPOCHS`` epochs;
     * each distillation stage: ``STAGE_EPOCHS[stage]`` passes over the set, at least
       ``STAGE_FLOOR_STEPS[stage]`` steps and at most ``base``'s steps ``/ f`` (the floor wins when the
-      two cross); the prediction stage evaluates as often relative to its length as ``base``'s.
+      two cross); the prediction stage evaluates as often relative to its length as ``base``'s;
+    * a stage named in ``rate_ann_stages`` (trained as the rate ANN, no time steps) keeps ``base``'s
+      cap whatever ``f``: its step's cost is dominated by work that does not grow with the sentence
+      (the optimizer's update of the whole embedding table, per-step overheads), so longer sentences
+      barely slow it (docs/RESULTS.md, "Bring your own data"), and the stage it warms up is the
+      one the student's accuracy depends on most.
     """
+    unknown = set(rate_ann_stages) - set(_STAGE_FIELDS)
+    if unknown:
+        raise ValueError(f"rate_ann_stages: unknown stage(s) {sorted(unknown)}; stages are {tuple(_STAGE_FIELDS)}")
     if n_train <= 0:
         raise DataError("no training examples")
     f = max(1.0, words / REFERENCE_WORDS)
@@ -162,12 +170,13 @@ def sized_budget(base, n_train: int, words: float):
     teacher_epochs = 1 if sentences == n_train else round(min(TEACHER_MAX_EPOCHS, sentences / n_train), 4)
     steps = {}
     for stage, field in _STAGE_FIELDS.items():
-        cap = math.floor(getattr(base, field) / f)
+        cap = math.floor(getattr(base, field) / (1.0 if stage in rate_ann_stages else f))
         wanted = math.ceil(STAGE_EPOCHS[stage] * n_train / batch)
         steps[field] = max(STAGE_FLOOR_STEPS[stage], min(cap, wanted))
     eval_every = max(1, round(base.eval_every * steps["prediction_steps"] / base.prediction_steps))
     budget = replace(base, teacher_epochs=teacher_epochs, eval_every=eval_every, **steps)
     rule = {"training_sentences": n_train, "mean_words": round(words, 3), "length_factor": round(f, 4),
+            "length_scaled_stages": [s for s in _STAGE_FIELDS if s not in rate_ann_stages],
             "teacher_epochs": teacher_epochs, "teacher_sentences": round(teacher_epochs * n_train),
             **steps, "eval_every": eval_every}
     return budget, rule

@@ -289,6 +289,13 @@ def test_budget_floor_and_cap():
     long, rule = sized_budget(base, 400_000, 25.0)  # sentences 2.5x longer: fewer of them in the same time
     assert rule["length_factor"] == 2.5 and long.teacher_epochs < big.teacher_epochs
     assert long.prediction_steps == 240 and long.eval_every == 80
+    # the stages trained as the rate ANN keep their tuned lengths for long sentences; the others do not
+    warm, rule = sized_budget(base, 400_000, 25.0, rate_ann_stages=("general", "intermediate"))
+    assert (warm.general_steps, warm.intermediate_steps, warm.prediction_steps) == (300, 1300, 240)
+    assert rule["length_scaled_stages"] == ["prediction"] and warm.teacher_epochs == long.teacher_epochs
+    assert sized_budget(base, SST2_TRAIN_SENTENCES, SST2_TRAIN_MEAN_WORDS, ("general", "intermediate"))[0] == base
+    with pytest.raises(ValueError, match="rate_ann_stages.*'teacher'"):
+        sized_budget(base, 5000, 10.0, rate_ann_stages=("teacher",))
     for n in (100, 5000, 67_349, 10**6):
         for words in (5.0, 10.0, 30.0):
             b, _ = sized_budget(base, n, words)
