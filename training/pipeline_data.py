@@ -128,6 +128,10 @@ TEACHER_CAP_SENTENCES = 80_000  # sentences of REFERENCE_WORDS the teacher sees 
 TEACHER_MAX_EPOCHS = 10
 STAGE_EPOCHS = {"general": 2, "intermediate": 10, "prediction": 5}  # passes over a set too small for the cap
 STAGE_FLOOR_STEPS = {"general": 100, "intermediate": 400, "prediction": 200}
+# The longest sentences (as a length factor) for which the stages trained as the rate ANN keep the
+# tuned lengths: the main job on SUBJ (length factor 2.41) took 53 min on 2 cores with them
+# (docs/RESULTS.md, "Bring your own data"); longer sentences shorten those stages in proportion.
+RATE_ANN_FULL_LENGTH_FACTOR = 2.5
 _STAGE_FIELDS = {"general": "general_steps", "intermediate": "intermediate_steps", "prediction": "prediction_steps"}
 
 
@@ -151,10 +155,10 @@ def sized_budget(base, n_train: int, words: float, rate_ann_stages: Sequence[str
       ``STAGE_FLOOR_STEPS[stage]`` steps and at most ``base``'s steps ``/ f`` (the floor wins when the
       two cross); the prediction stage evaluates as often relative to its length as ``base``'s;
     * a stage named in ``rate_ann_stages`` (trained as the rate ANN, no time steps) keeps ``base``'s
-      cap whatever ``f``: its step's cost is dominated by work that does not grow with the sentence
-      (the optimizer's update of the whole embedding table, per-step overheads), so longer sentences
-      barely slow it (docs/RESULTS.md, "Bring your own data"), and the stage it warms up is the
-      one the student's accuracy depends on most.
+      cap up to ``f = RATE_ANN_FULL_LENGTH_FACTOR`` and is divided by ``f / RATE_ANN_FULL_LENGTH_FACTOR``
+      beyond: its step costs less than a spiking step and grows less with the sentence
+      (docs/own_data.md), and stage 2's length is what moved the student's accuracy most on SST-2
+      (docs/RESULTS.md, "What was tried").
     """
     unknown = set(rate_ann_stages) - set(_STAGE_FIELDS)
     if unknown:
@@ -170,13 +174,15 @@ def sized_budget(base, n_train: int, words: float, rate_ann_stages: Sequence[str
     teacher_epochs = 1 if sentences == n_train else round(min(TEACHER_MAX_EPOCHS, sentences / n_train), 4)
     steps = {}
     for stage, field in _STAGE_FIELDS.items():
-        cap = math.floor(getattr(base, field) / (1.0 if stage in rate_ann_stages else f))
+        divisor = max(1.0, f / RATE_ANN_FULL_LENGTH_FACTOR) if stage in rate_ann_stages else f
+        cap = math.floor(getattr(base, field) / divisor)
         wanted = math.ceil(STAGE_EPOCHS[stage] * n_train / batch)
         steps[field] = max(STAGE_FLOOR_STEPS[stage], min(cap, wanted))
     eval_every = max(1, round(base.eval_every * steps["prediction_steps"] / base.prediction_steps))
     budget = replace(base, teacher_epochs=teacher_epochs, eval_every=eval_every, **steps)
     rule = {"training_sentences": n_train, "mean_words": round(words, 3), "length_factor": round(f, 4),
-            "length_scaled_stages": [s for s in _STAGE_FIELDS if s not in rate_ann_stages],
+            "rate_ann_stages": [s for s in _STAGE_FIELDS if s in rate_ann_stages],
+            "rate_ann_full_length_factor": RATE_ANN_FULL_LENGTH_FACTOR,
             "teacher_epochs": teacher_epochs, "teacher_sentences": round(teacher_epochs * n_train),
             **steps, "eval_every": eval_every}
     return budget, rule
