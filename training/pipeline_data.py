@@ -129,8 +129,8 @@ TEACHER_MAX_EPOCHS = 10
 STAGE_EPOCHS = {"general": 2, "intermediate": 10, "prediction": 5}  # passes over a set too small for the cap
 STAGE_FLOOR_STEPS = {"general": 100, "intermediate": 400, "prediction": 200}
 # The longest sentences (as a length factor) for which the stages trained as the rate ANN keep the
-# tuned lengths: the main job on SUBJ (length factor 2.41) took 53 min on 2 cores with them
-# (docs/RESULTS.md, "Bring your own data"); longer sentences shorten those stages in proportion.
+# tuned lengths: just above SUBJ's, whose main job with them fits the hour (docs/RESULTS.md, "Bring
+# your own data"); longer sentences shorten those stages in proportion.
 RATE_ANN_FULL_LENGTH_FACTOR = 2.5
 _STAGE_FIELDS = {"general": "general_steps", "intermediate": "intermediate_steps", "prediction": "prediction_steps"}
 
