@@ -28,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import _common as C
 from lava_spikingbert.model.student import load_student
 from training.batching import encode
