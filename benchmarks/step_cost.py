@@ -1,7 +1,7 @@
 """What one distillation step costs on training sets of different sentence lengths.
 
-The budget sized from the data (``training.pipeline_data.sized_budget``) shortens a stage for long
-sentences only when its step cost grows with the sentence. This measures that cost: for each
+The budget sized from the data (``training.pipeline_data.sized_budget``) shortens the KD stages for
+long sentences by how much a step's cost grows with the sentence. This measures that cost: for each
 training set (SST-2 from GLUE, and custom files such as MR or SUBJ), the same student and teacher
 run ``--steps`` optimizer steps of
 
@@ -10,12 +10,13 @@ run ``--steps`` optimizer steps of
 
 each after ``--warmup`` untimed steps, through the pipeline's own ``run_stage`` (batch 32,
 length-bucketed batches, no dev evaluation), in one process or, under ``torchrun``, data-parallel as
-the pipeline runs them (a step then also averages the gradients over the processes). Prints a table (seconds per step and the
-ratio to the first data set, SST-2) and writes JSON.
+the pipeline runs them (a step then also averages the gradients over the processes). Prints a
+table (seconds per step and the ratio to the first data set, SST-2) and writes JSON.
 
 Example::
 
-    OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node 2 benchmarks/step_cost.py --teacher runs/mr/teacher --student runs/mr/stages/1-general/final \\
+    OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node 2 benchmarks/step_cost.py --threads 1 \\
+        --teacher runs/mr/teacher --student runs/mr/stages/1-general/final \\
         --custom mr=/work/data/extra/mr/train.tsv subj=/work/data/extra/subj/train.tsv \\
         --json docs/results/step_cost_2proc.json
 """
