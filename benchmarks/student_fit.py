@@ -2,7 +2,8 @@
 
 For a student checkpoint (``--model``) and its fine-tuned teacher (``--teacher``), on a random
 subset of the SST-2 *training* sentences (``--train-n``, default 1,500, seed ``--seed``) and on
-all dev sentences:
+all dev sentences (or, with ``--train-file`` and ``--data-file``, a custom classification task's
+training file and the file it is reported on; columns ``sentence`` and ``label``):
 
 * accuracy of the teacher, of the spiking student at each ``--t`` (default 16; the simulation the
   model is evaluated with), and the student's agreement with the teacher's predictions;
@@ -53,25 +54,35 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--train-file", default=None, help="custom task: training TSV/CSV/JSONL (with --data-file)")
+    parser.add_argument("--data-file", default=None, help="custom task: the file its results are reported on")
     args = parser.parse_args(argv)
+    if (args.train_file is None) != (args.data_file is None):
+        parser.error("--train-file and --data-file go together")
     C.setup_torch(args.threads)
 
     from lava_spikingbert.model.encoder import SpikingBert
     from training.batching import encode
+    from training.distill import evaluate_student
+    from training.pipeline_data import CustomFiles
     from training.readers import load_glue
     from training.tasks import get_task
-    from training.distill import evaluate_student
     from training.teacher import load_teacher, predict
 
-    spec = get_task("sst2")
-    glue = C.glue_dir(args.glue_dir)
+    if args.train_file:
+        custom = CustomFiles(args.train_file, args.data_file)
+        spec = custom.spec()
+        train, dev = custom.load(spec, "train"), custom.load(spec, "dev")
+    else:
+        spec = get_task("sst2")
+        glue = C.glue_dir(args.glue_dir)
+        train, dev = load_glue(spec, "train", glue), load_glue(spec, "dev", glue)
     student = SpikingBert.from_pretrained(args.model)
     teacher, tokenizer = load_teacher(args.teacher, num_labels=spec.num_labels)
-    train = load_glue(spec, "train", glue)
     if not 0 < args.train_n <= len(train):
         raise SystemExit(f"--train-n must be in 1..{len(train)}, got {args.train_n}")
     pick = np.random.default_rng(args.seed).choice(len(train), args.train_n, replace=False)
-    splits = {"train_subset": [train[i] for i in sorted(pick)], "dev": load_glue(spec, "dev", glue)}
+    splits = {"train_subset": [train[i] for i in sorted(pick)], "dev": dev}
 
     rows, results = [], {}
     for split, examples in splits.items():
