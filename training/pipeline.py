@@ -7,6 +7,11 @@ is complete, so re-running with ``resume=True`` after a kill continues where it 
 settings are recorded in ``OUT/pipeline_settings.json`` and a re-run with other settings is refused.
 ``resume=False`` (``--restart``) trains everything again.
 
+The paper profile's default (``train_forward="rate_ann_warmup"``) trains the general and internal-layer
+stages as the rate ANN and the prediction stage at the spiking equilibrium; its internal-layer stage
+adds soft cross-entropy on the teacher's logits to the attention + hidden-state losses
+(``RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT``), so the classifier is trained before the spiking stage.
+
 ``profile="loihi"`` trains the stock-Lava ``LoihiSpikingMixer`` (``model.loihi``) with the same
 teacher and stages, mapped onto them as the measured recipe (benchmarks/loihi_topology.py) does:
 a new student copies the teacher's embeddings and calibrates its populations; general KD = rate

@@ -113,6 +113,19 @@ def test_stage_forward_of_the_pipeline_choices():
         stage_forward("bptt", "general")
 
 
+def test_rate_ann_intermediate_stage_also_distils_logits():
+    """The paper profile's stage 2 adds the teacher's logits when it trains the rate ANN; the
+    paper's method (a spiking stage 2) keeps attention + hidden-state KD alone; an explicit weight wins."""
+    from training.pipeline import BUDGETS, RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT, _stage_settings
+
+    b = BUDGETS["tiny"]
+    assert RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT > 0
+    assert _stage_settings("intermediate", b, forward="rate_ann").logit_weight == RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT
+    assert _stage_settings("intermediate", b, forward="spiking").logit_weight == 0.0
+    assert _stage_settings("general", b, forward="rate_ann").logit_weight == 0.0
+    assert _stage_settings("intermediate", b, forward="rate_ann", logit_weight=0.5).logit_weight == 0.5
+
+
 def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monkeypatch):
     """forward="spiking" trains on simulated ASRs; "rate_ann" (the ablation) never simulates and
     its first step's update equals plain autograd through the steady-state map."""
@@ -345,6 +358,8 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     summary = json.loads((out / "pipeline_summary.json").read_text())
     assert set(summary["stages"]) >= {"general", "intermediate", "prediction"}
     assert result["student_dir"] == out / "student"
+    stage2 = json.loads((out / "stages" / "2-intermediate" / "stage_done.json").read_text())["settings"]
+    assert stage2["forward"] == "rate_ann" and stage2["logit_weight"] > 0  # the head learns in the rate ANN
     # the eval command on the final student, with --json
     js = tmp_path / "eval.json"
     env = dict(os.environ)
