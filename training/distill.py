@@ -509,7 +509,9 @@ class StageRun:
         if settings.stage != "prediction" and settings.logit_weight:
             if t_out.logits is None:
                 raise SpikingBertError(f"stage {settings.stage!r}: logit_weight needs a teacher with a task head")
-            logit = soft_cross_entropy(out.logits, t_out.logits, settings.temperature)
+            # the teacher's output as in prediction KD: soft cross-entropy, or MSE for regression
+            logit = F.mse_loss(out.logits.squeeze(-1), t_out.logits.squeeze(-1).to(out.logits.dtype)) \
+                if self.regression else soft_cross_entropy(out.logits, t_out.logits, settings.temperature)
             loss = loss + settings.logit_weight * logit
             parts["logit"] = logit.item()
         self.optimizer.zero_grad(set_to_none=True)

@@ -126,6 +126,29 @@ def test_rate_ann_intermediate_stage_also_distils_logits():
     assert _stage_settings("intermediate", b, forward="rate_ann", logit_weight=0.5).logit_weight == 0.5
 
 
+def test_internal_stage_logit_term_is_mse_for_regression(setup, tiny_teacher_dir, tmp_path):
+    """For a regression task the internal-layer stage's logit term is the MSE to the teacher's score
+    (a softmax over one output would be a constant, a silent no-op)."""
+    from training.batching import length_bucketed_batches
+    from training.common import DistEnv
+    from training.distill import StageRun, student_config_from_teacher
+    from training.teacher import load_teacher
+
+    _, tok, _, train, _ = setup
+    teacher, _ = load_teacher(tiny_teacher_dir, num_labels=1, problem_type="regression")
+    torch.manual_seed(0)
+    student = SpikingBert(student_config_from_teacher(teacher.config, num_layers=2, t_conv=4, max_length=16,
+                                                      num_labels=1, problem_type="regression"))
+    settings = StageSettings(stage="intermediate", max_steps=1, batch_size=8, t_conv=4, forward="rate_ann",
+                             logit_weight=1.0)
+    run = StageRun(settings, student, teacher, train, tmp_path / "reg", tokenizer=tok, spec=None, dev=None,
+                   dist=DistEnv())
+    run.prepare(resume=False)
+    batch = next(iter(length_bucketed_batches(train, 8, shuffle=False)))
+    _, parts = run._train_step(batch)
+    assert parts["logit"] > 0
+
+
 def test_train_forward_chooses_spiking_or_rate_ann_values(setup, tmp_path, monkeypatch):
     """forward="spiking" trains on simulated ASRs; "rate_ann" (the ablation) never simulates and
     its first step's update equals plain autograd through the steady-state map."""
