@@ -259,18 +259,26 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return -(target * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
 
 
+def teacher_output_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                        regression: bool) -> torch.Tensor:
+    """KD on the teacher's outputs: soft cross-entropy, or the MSE to the teacher's score for
+    regression (a softmax over one output would be a constant)."""
+    if regression:
+        return F.mse_loss(logits.squeeze(-1), teacher_logits.squeeze(-1).to(logits.dtype))
+    return soft_cross_entropy(logits, teacher_logits, temperature)
+
+
 def prediction_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
                     settings: StageSettings, regression: bool) -> torch.Tensor:
-    if regression:
-        target = labels if (settings.gold_labels or teacher_logits is None) else teacher_logits.squeeze(-1)
-        if target is None:
+    if teacher_logits is not None and not settings.gold_labels:
+        return teacher_output_loss(logits, teacher_logits, settings.temperature, regression)
+    if labels is None:
+        if regression:
             raise ValueError("regression prediction stage needs labels or teacher outputs")
-        return F.mse_loss(logits.squeeze(-1), target.to(logits.dtype))
-    if settings.gold_labels or teacher_logits is None:
-        if labels is None:
-            raise SpikingBertError("prediction stage with gold labels needs labelled data")
-        return F.cross_entropy(logits, labels)
-    return soft_cross_entropy(logits, teacher_logits, settings.temperature)
+        raise SpikingBertError("prediction stage with gold labels needs labelled data")
+    if regression:
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -509,9 +517,7 @@ class StageRun:
         if settings.stage != "prediction" and settings.logit_weight:
             if t_out.logits is None:
                 raise SpikingBertError(f"stage {settings.stage!r}: logit_weight needs a teacher with a task head")
-            # the teacher's output as in prediction KD: soft cross-entropy, or MSE for regression
-            logit = F.mse_loss(out.logits.squeeze(-1), t_out.logits.squeeze(-1).to(out.logits.dtype)) \
-                if self.regression else soft_cross_entropy(out.logits, t_out.logits, settings.temperature)
+            logit = teacher_output_loss(out.logits, t_out.logits, settings.temperature, self.regression)
             loss = loss + settings.logit_weight * logit
             parts["logit"] = logit.item()
         self.optimizer.zero_grad(set_to_none=True)

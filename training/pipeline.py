@@ -138,7 +138,8 @@ def _loihi_stage_settings(stage: str, budget: Budget, **overrides) -> StageSetti
     lr = {"general": 1e-3, "intermediate": 1e-3, "prediction": 1e-4}[stage]
     base = _stage_settings(stage, budget, lr=lr)
     return replace(base, embed_lr=lr * 0.1, att_weight=0.0, rep_weight=1.0,
-                   logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT if stage == "intermediate" else 0.0, eval_start=stage == "prediction",
+                   logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT if stage == "intermediate" else 0.0,
+                   eval_start=stage == "prediction",
                    **{k: v for k, v in overrides.items() if v is not None})
 
 
