@@ -43,7 +43,8 @@ from lava_spikingbert.contract.limits import (MAX_COMPRESSION_RATIO, MAX_DATASET
                                               MAX_TOKENIZER_FILES, config_limit_errors, plain_file_name)
 
 FORMAT = "lava-spikingbert"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the loihi profile's readout pooling (config "readout"); a version-1 file pools by the mean
+READABLE_SCHEMA_VERSIONS = (1, 2)
 PROFILES = ("paper", "loihi")  # the model profiles (checkpoints record theirs in config.json too)
 DEFAULT_PROFILE = "paper"  # the profile of files written before the attribute existed
 
@@ -548,10 +549,10 @@ def _read_header(r: _Reader) -> tuple[int, str, str]:
         r.fail("/ attribute 'format'", f"foreign HDF5 file: expected '{FORMAT}', got {fmt!r}"
                if fmt is not None else f"foreign HDF5 file (no '{FORMAT}' format attribute)")
     version = r.attr(f, "schema_version", int)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         newer = "newer" if version > SCHEMA_VERSION else "older"
-        r.fail("/ attribute 'schema_version'",
-               f"schema version {version} ({newer} than this reader); this reader supports version {SCHEMA_VERSION}")
+        r.fail("/ attribute 'schema_version'", f"schema version {version} ({newer} than this reader); this reader "
+                                               f"supports versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
     precision = r.attr(f, "precision", str)
     if precision not in WEIGHT_MODES:
         r.fail("/ attribute 'precision'", f"must be one of {WEIGHT_MODES}, got {precision!r}")
@@ -793,14 +794,18 @@ def sign_mode_of(mant: np.ndarray) -> str:
 # ==================================================================================== profile "loihi"
 # A spiking token-mixing network made only of what stock Lava processes compute (LIFReset
 # populations, Sparse/DelaySparse synapses), with the host at the two ends: the per-token input
-# current (embeddings -> LayerNorm -> linear) and the readout (mean of the last population's spike
-# counts over a sentence's valid tokens -> linear classifier). Layout: docs/model_file.md.
+# current (embeddings -> LayerNorm -> linear) and the readout (the last population's spike counts
+# pooled over a sentence's valid tokens: mean, max or both -> linear classifier). Layout: docs/model_file.md.
 from lava_spikingbert.contract.constants import (A_IN_MAX, DELAY_MAX, IF_DU_FIXED, IF_DV_FIXED,  # noqa: E402
                                                  LOIHI_SYNAPSE_KINDS, MIXER_LAYER_POPULATIONS, WEIGHT_EXP_MAX,
                                                  WEIGHT_EXP_MIN)
 
 LOIHI_PRECISIONS = ("fp32", "int8")
 LOIHI_MIXINGS = ("bidirectional", "causal")
+# config "readout" (optional; files written before it existed pool by the mean) -> the /readout group's
+# "pooling" attribute; the classifier reads d values per pooling, side by side in this order
+LOIHI_POOLINGS = {"mean": "mean_over_valid_tokens", "max": "max_over_valid_tokens",
+                  "mean_max": "mean_and_max_over_valid_tokens"}
 LOIHI_REQUIRED_CONFIG = {"vocab_size": int, "max_position_embeddings": int, "type_vocab_size": int,
                          "pad_token_id": int, "embed_size": int, "layer_norm_eps": float, "hidden_size": int,
                          "intermediate_size": int, "num_layers": int, "kernel_size": int, "mixing": str,
@@ -891,7 +896,7 @@ class LoihiModelFile(_FileMembers):
     host_input: dict[str, np.ndarray]  # word, position, token_type, gamma, beta, weight (d, e), bias (d,)
     populations: dict[str, LoihiPopulation]
     synapses: dict[str, LoihiSynapse]
-    classifier_weight: np.ndarray  # (labels, d)
+    classifier_weight: np.ndarray  # (labels, d), or (labels, 2d) for the mean_max readout
     classifier_bias: np.ndarray
     input_scale_exp: int | None = None  # fixed point: host current -> a_in = round(I / vth * 2**p), 16-bit
     tokenizer_files: dict[str, bytes] = field(default_factory=dict)
@@ -937,10 +942,17 @@ class LoihiModelFile(_FileMembers):
         scaled = np.rint(np.asarray(current, np.float64) / float(self.config["vth"]) * 2.0 ** self.input_scale_exp)
         return np.clip(scaled, -A_IN_MAX, A_IN_MAX).astype(np.int64)
 
+    @property
+    def pooling(self) -> str:
+        """How the readout pools over tokens: a key of ``LOIHI_POOLINGS``."""
+        return self.config.get("readout", "mean")
+
     def readout(self, counts: np.ndarray, t_conv: int) -> np.ndarray:
-        """Host side: logits from one sentence's (tokens, d) output counts (mean ASR over its tokens)."""
-        pooled = np.asarray(counts, np.float64).mean(0) / t_conv
-        return pooled @ self.classifier_weight.T.astype(np.float64) + self.classifier_bias
+        """Host side: logits from one sentence's (tokens, d) output counts (ASRs pooled over its tokens:
+        the mean, the maximum, or both side by side)."""
+        asr = np.asarray(counts, np.float64) / t_conv
+        pooled = {"mean": [asr.mean(0)], "max": [asr.max(0)], "mean_max": [asr.mean(0), asr.max(0)]}[self.pooling]
+        return np.concatenate(pooled) @ self.classifier_weight.T.astype(np.float64) + self.classifier_bias
 
 
 def loihi_range_problems(mf: LoihiModelFile) -> list[str]:
@@ -1022,7 +1034,7 @@ def _write_loihi(f: h5py.File, mf: LoihiModelFile) -> None:
     g = f.create_group("readout")
     g.create_dataset("weight", data=np.asarray(mf.classifier_weight, dtype=np.float32))
     g.create_dataset("bias", data=np.asarray(mf.classifier_bias, dtype=np.float32))
-    _set_attrs(g, {"source": mf.output_population, "pooling": "mean_over_valid_tokens", "input": "asr",
+    _set_attrs(g, {"source": mf.output_population, "pooling": LOIHI_POOLINGS[mf.pooling], "input": "asr",
                    "num_labels": int(mf.config["num_labels"])})
 
 
@@ -1044,6 +1056,10 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
             r.fail(f"/config field '{key}'", f"must be positive, got {cfg[key]}")
     if cfg["mixing"] not in LOIHI_MIXINGS:
         r.fail("/config field 'mixing'", f"must be one of {LOIHI_MIXINGS}, got {cfg['mixing']!r}")
+    if cfg.get("readout", "mean") not in LOIHI_POOLINGS:
+        r.fail("/config field 'readout'", f"must be one of {tuple(LOIHI_POOLINGS)}, got {cfg['readout']!r}")
+    if version < 2 and cfg.get("readout", "mean") != "mean":
+        r.fail("/config field 'readout'", f"{cfg['readout']!r} needs schema version 2 (version {version} pools by the mean)")
     if not (cfg["vth"] > 0 and math.isfinite(cfg["vth"])):
         r.fail("/config field 'vth'", f"must be a positive finite number, got {cfg['vth']!r}")
     if cfg["weights"] != precision:
@@ -1132,9 +1148,14 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
                 r.fail(f"{base}/weight", "differs from weight_mant * 2**exponent * vth")
         syns[want["name"]] = s
     _reject_unexpected(r, "/synapses", syns, cfg["num_layers"])
-    labels = cfg["num_labels"]
+    labels, readout = cfg["num_labels"], cfg.get("readout", "mean")
+    pooling = r.attr(r.group("/readout"), "pooling", str)
+    if pooling != LOIHI_POOLINGS[readout]:
+        r.fail("/readout attribute 'pooling'", f"{pooling!r}, expected {LOIHI_POOLINGS[readout]!r} for "
+                                               f"config readout {readout!r}")
+    pooled = d * (2 if readout == "mean_max" else 1)
     mf = LoihiModelFile(precision=precision, config=cfg, host_input=host, populations=pops, synapses=syns,
-                        classifier_weight=r.dataset("/readout/weight", np.float32, (labels, d), finite=True),
+                        classifier_weight=r.dataset("/readout/weight", np.float32, (labels, pooled), finite=True),
                         classifier_bias=r.dataset("/readout/bias", np.float32, (labels,), finite=True),
                         input_scale_exp=input_scale_exp, tokenizer_files=tokenizer_files, provenance=provenance,
                         schema_version=version)

@@ -110,6 +110,16 @@ def _exit_code(status: int) -> int:
     return 1
 
 
+def _one_torch_thread() -> None:
+    """In the forked child: torch computes on one thread. A parent that already ran torch's OpenMP
+    thread pool (a test session, or the pipeline's ``--export --lava`` after training) leaves the
+    child a pool whose threads did not survive the fork, and the first parallel operation there (the
+    torch reference of the parity check) would wait for them forever."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def run_supervised(work: ty.Callable[[], int], name: str) -> int:
     """Run ``work()`` (returns an exit code) in a child in its own process group; see the module
     docstring. Returns the child's exit code, or 130/143 after an interrupt."""
@@ -125,6 +135,7 @@ def run_supervised(work: ty.Callable[[], int], name: str) -> int:
             os.setpgid(0, 0)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _one_torch_thread()
             code = work()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1

@@ -6,8 +6,9 @@ is a static linear map that a stock ``Dense``/``Sparse``/``Conv`` process comput
 softmax attention, no LayerNorm and no GELU inside the network: the neuron is the nonlinearity,
 token mixing is a depthwise convolution over the token axis (ConvMixer-style), and residuals are a
 second synapse into the same neuron. Only the two ends run on the host: the input current (word +
-position + type embedding, LayerNorm, a linear map to the network width) and the readout (mean of
-the last population's spike counts over the valid tokens, then a linear classifier).
+position + type embedding, LayerNorm, a linear map to the network width) and the readout (the last
+population's spike counts pooled over the valid tokens, by default their mean and their maximum side
+by side, then a linear classifier).
 
 Populations, in update order (``d`` = ``hidden_size``, ``f`` = ``intermediate_size``)::
 
@@ -68,6 +69,10 @@ from lava_spikingbert.model.neurons import LIFResetZero
 from lava_spikingbert.model.quantizers import make_quantizer
 
 MIXINGS = ("bidirectional", "causal")
+# the host readout's pooling of the last population over the valid tokens: the mean, the maximum, or both
+# side by side (the classifier then reads 2d values; measured in docs/RESULTS.md, "Loihi-native profile")
+READOUTS = ("mean", "max", "mean_max")
+READOUT_BEFORE_FIELD = "mean"  # the readout of checkpoints saved before the field existed
 RATE_FORWARDS = ("smooth", "staircase")
 # the weight modes this profile trains (the contract lists every mode a model file can hold)
 LOIHI_WEIGHT_MODES = WEIGHT_MODES[:2]
@@ -102,6 +107,7 @@ class LoihiConfig:
     t_conv: int = 16
     vth: float = 1.0
     rate_forward: str = "smooth"  # the rate ANN's forward map (gradients always use the smooth map)
+    readout: str = "mean_max"  # pooling over tokens before the host classifier (READOUTS)
     dropout: float = 0.1
     num_labels: int = 2
     fit_size: int | None = 384  # teacher width for the hidden-state KD projections (None: none)
@@ -122,6 +128,8 @@ class LoihiConfig:
         if self.mixing == "bidirectional" and self.kernel_size % 2 == 0:
             raise LoihiConfigError(f"config field 'kernel_size' must be odd for bidirectional mixing, "
                                    f"got {self.kernel_size}")
+        if self.readout not in READOUTS:
+            raise LoihiConfigError(f"config field 'readout' must be one of {READOUTS}, got {self.readout!r}")
         if self.rate_forward not in RATE_FORWARDS:
             raise LoihiConfigError(f"config field 'rate_forward' must be one of {RATE_FORWARDS}, "
                                    f"got {self.rate_forward!r}")
@@ -179,7 +187,7 @@ class LoihiConfig:
         unknown = sorted(set(data) - known - {"model_type", "profile"})
         if unknown:
             raise LoihiConfigError(f"unknown config field(s) {unknown}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{"readout": READOUT_BEFORE_FIELD, **{k: v for k, v in data.items() if k in known}})
 
     def save(self, path: str | Path) -> None:
         payload = {"model_type": "spikingbert", "profile": "loihi", **self.to_dict()}
@@ -290,7 +298,7 @@ class LoihiSpikingMixer(nn.Module):
                 nn.init.normal_(lin.weight, std=1.0 / math.sqrt(lin.in_features))
                 nn.init.zeros_(lin.bias)
         # host side: readout of the last population
-        self.classifier = nn.Linear(d, config.num_labels)
+        self.classifier = nn.Linear(2 * d if config.readout == "mean_max" else d, config.num_labels)
         self.fit = (nn.ModuleList(nn.Linear(d, config.fit_size) for _ in config.tap_names())
                     if config.fit_size else None)
         self.set_weights(config.weights)
@@ -455,10 +463,15 @@ class LoihiSpikingMixer(nn.Module):
 
     # ------------------------------------------------------------------ host readout
     def readout(self, last: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Host side: mean of the last population's ASR over the valid tokens -> linear classifier."""
+        """Host side: the last population's ASR pooled over the valid tokens (``config.readout``: mean,
+        max or both) -> linear classifier."""
         m = attention_mask[..., None].to(last.dtype)
-        pooled = (last * m).sum(-2) / m.sum(-2).clamp_min(1.0)
-        return self.classifier(pooled)
+        pooled = []
+        if self.config.readout in ("mean", "mean_max"):
+            pooled.append((last * m).sum(-2) / m.sum(-2).clamp_min(1.0))
+        if self.config.readout in ("max", "mean_max"):  # rates are >= 0: a masked position counts as 0
+            pooled.append((last * m).amax(-2))
+        return self.classifier(torch.cat(pooled, -1))
 
     @torch.no_grad()
     def predict_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -117,8 +117,12 @@ def test_wrong_schema_version(files, tmp_path):
     bad = _copy(f["int8"], tmp_path / "v99.h5")
     with h5py.File(bad, "r+") as h:
         h.attrs["schema_version"] = 99
-    with pytest.raises(ModelFileError, match="schema version 99 .*supports version 1"):
+    with pytest.raises(ModelFileError, match="schema version 99 .*supports versions 1, 2"):
         read_model_file(bad)
+    old = _copy(f["int8"], tmp_path / "v1.h5")  # version 2 only added the loihi readout choice
+    with h5py.File(old, "r+") as h:
+        h.attrs["schema_version"] = 1
+    assert read_model_file(old).schema_version == 1
 
 
 @pytest.mark.parametrize("edit, message", [

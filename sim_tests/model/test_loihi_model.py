@@ -52,6 +52,26 @@ def test_shapes_and_taps():
     assert torch.equal(counts, counts.round()) and float(counts.max()) <= 4
 
 
+@pytest.mark.parametrize("readout", ["mean", "max", "mean_max"])
+def test_readout_pools_only_valid_tokens(readout):
+    """The host readout pools the last population's rates over a sentence's valid tokens: what the
+    padding (and the margins) hold never changes a sentence's logits."""
+    model = tiny(readout=readout).eval()
+    c = model.config
+    assert model.classifier.in_features == (2 if readout == "mean_max" else 1) * c.hidden_size
+    rates = torch.rand(2, 7, c.hidden_size)
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1, 0]])
+    noisy = rates.clone()
+    noisy[0, 4:] = 1.0
+    noisy[:, 0] = 1.0
+    assert torch.equal(model.readout(rates, mask), model.readout(noisy, mask))
+    valid = rates[0, 1:4]
+    pooled = {"mean": valid.mean(0), "max": valid.amax(0), "mean_max": torch.cat([valid.mean(0), valid.amax(0)])}
+    assert torch.allclose(model.readout(rates, mask)[0], model.classifier(pooled[readout]))
+    with pytest.raises(LoihiConfigError, match="readout"):
+        LoihiConfig(readout="attention")
+
+
 def pack_row(model, ids, mask, lengths, gap):
     """Simulate the sentences in one row, ``gap`` zero-input positions before, between and after
     them; returns the spike counts and each sentence's first position."""
