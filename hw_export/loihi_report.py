@@ -25,7 +25,7 @@ from hw_export.loihi_export import model_from_loihi_file
 from hw_export.loihi_fixed_point import margin_batch
 from hw_export.report import ENERGY, LOIHI2, _inputs, size_headline, totals_line
 from lava_spikingbert.contract.constants import LAVA_PROCESSES, is_stock_process
-from lava_spikingbert.contract.model_file import LoihiModelFile, loihi_range_problems, read_model_file
+from lava_spikingbert.contract.model_file import LOIHI_POOLINGS, LoihiModelFile, loihi_range_problems, read_model_file
 
 PROCESSES = LAVA_PROCESSES["loihi"]
 OPS_PER_LN_ELEMENT = 8  # mean, centre, square, variance, normalise, gamma, beta, sum of the three embeddings
@@ -98,7 +98,8 @@ def loihi_hardware(mf: LoihiModelFile, seq_len: int) -> dict[str, Any]:
                        "cores_lower_bound": cores_lower,
                        "chips_lower_bound": math.ceil(cores_lower / LOIHI2["cores_per_chip"])},
             "host_processes": ["host input current (embedding lookup, LayerNorm, linear map) -> embed a_in",
-                               "readout (mean of the last population's counts over the valid tokens, linear)"],
+                               f"readout (the last population's counts pooled: "
+                               f"{LOIHI_POOLINGS[mf.pooling].replace('_', ' ')}, linear)"],
             "range_problems": loihi_range_problems(mf) if mf.quantized else ["precision fp32: export --precision int8"],
             "limits": LOIHI2, "hw_validated": False}
 
@@ -135,7 +136,8 @@ def loihi_operations(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.n
         syn_stock = sum(spikes[name] / n * fan_stock[name] for name in spikes)
         tokens = float(lengths.mean())
         host_in = tokens * (e * d + OPS_PER_LN_ELEMENT * e)  # once per sentence (constant current)
-        host_out = tokens * d + d * C  # pooling adds + classifier MACs
+        poolings = 2 if mf.pooling == "mean_max" else 1
+        host_out = poolings * (tokens * d + d * C)  # per pooling: an add or compare per count, classifier MACs
         ann = tokens * (e * d + D * (k * d + 2 * d * f + d)) + d * C  # same-size ANN (rate network) MACs
         acc, mac = ENERGY["acc_pj"], ENERGY["mac_pj"]
         e_chip = syn * acc

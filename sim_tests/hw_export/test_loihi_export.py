@@ -72,6 +72,25 @@ def test_int8_file_holds_the_torch_quantizer_grid_and_round_trips(tmp_path):
     np.testing.assert_array_equal(mf32.synapses["layer0.fc1"].weight, model.layers[0].fc1.weight.detach().numpy())
 
 
+@pytest.mark.parametrize("readout", ["mean", "max", "mean_max"])
+def test_file_readout_is_the_models(tmp_path, readout):
+    """The file records the readout's pooling, and its host readout (numpy, as the Lava run uses it)
+    gives the torch model's logits for the same spike counts."""
+    model = active_model(readout=readout)
+    mf = export_loihi(model, "fp32", tmp_path / "m.h5")
+    assert mf.pooling == readout and mf.classifier_weight.shape[1] == (2 if readout == "mean_max" else 1) * 12
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert f.attrs["schema_version"] == 2 and readout.replace("_", "_and_") in f["readout"].attrs["pooling"]
+    ids, types = sentences()
+    ref = float_reference(mf, ids, types)
+    for sentence_ids, counts, logits in zip(ids, ref.counts, ref.logits):
+        ids_t = torch.from_numpy(np.asarray(sentence_ids))[None]
+        with torch.no_grad():
+            want = model(ids_t, torch.ones_like(ids_t), mode="simulate").logits[0].numpy()
+        np.testing.assert_allclose(mf.readout(counts[mf.output_population], mf.config["t_conv"]), want, atol=1e-5)
+        np.testing.assert_allclose(logits, want, atol=1e-5)
+
+
 def test_fixed_reference_follows_the_float_model_of_the_same_weights():
     """The integer reference differs from the float int8 model only by the bias and input rounding:
     its spike counts agree with the float model's on nearly every neuron (a sanity check of the

@@ -72,6 +72,12 @@ def test_readout_pools_only_valid_tokens(readout):
         LoihiConfig(readout="attention")
 
 
+def test_new_students_pool_mean_and_max_checkpoints_without_the_field_the_mean():
+    assert LoihiConfig().readout == "mean_max"
+    saved_before = {k: v for k, v in LoihiConfig().to_dict().items() if k != "readout"}
+    assert LoihiConfig.from_dict(saved_before).readout == "mean"
+
+
 def pack_row(model, ids, mask, lengths, gap):
     """Simulate the sentences in one row, ``gap`` zero-input positions before, between and after
     them; returns the spike counts and each sentence's first position."""
