@@ -24,8 +24,8 @@ import torch
 from hw_export.loihi_export import model_from_loihi_file
 from hw_export.loihi_fixed_point import margin_batch
 from hw_export.report import ENERGY, LOIHI2, _inputs, size_headline, totals_line
-from lava_spikingbert.contract.constants import LAVA_PROCESSES, is_stock_process
-from lava_spikingbert.contract.model_file import LOIHI_POOLINGS, LoihiModelFile, loihi_range_problems, read_model_file
+from lava_spikingbert.contract.constants import LAVA_PROCESSES, LOIHI_POOLINGS, is_stock_process, pooled_width
+from lava_spikingbert.contract.model_file import LoihiModelFile, loihi_range_problems, read_model_file
 
 PROCESSES = LAVA_PROCESSES["loihi"]
 OPS_PER_LN_ELEMENT = 8  # mean, centre, square, variance, normalise, gamma, beta, sum of the three embeddings
@@ -136,8 +136,8 @@ def loihi_operations(mf: LoihiModelFile, ids: list[np.ndarray], types: list[np.n
         syn_stock = sum(spikes[name] / n * fan_stock[name] for name in spikes)
         tokens = float(lengths.mean())
         host_in = tokens * (e * d + OPS_PER_LN_ELEMENT * e)  # once per sentence (constant current)
-        poolings = 2 if mf.pooling == "mean_max" else 1
-        host_out = poolings * (tokens * d + d * C)  # per pooling: an add or compare per count, classifier MACs
+        pooled = pooled_width(mf.pooling, d)
+        host_out = tokens * pooled + pooled * C  # per pooled value: an add or compare per token; classifier MACs
         ann = tokens * (e * d + D * (k * d + 2 * d * f + d)) + d * C  # same-size ANN (rate network) MACs
         acc, mac = ENERGY["acc_pj"], ENERGY["mac_pj"]
         e_chip = syn * acc

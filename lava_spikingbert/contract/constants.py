@@ -68,6 +68,17 @@ IF_DU_FLOAT, IF_DV_FLOAT = 1.0, 0.0
 # synapse kinds of the loihi profile: depthwise token mixing (banded), token-wise channel mixing
 # (block-diagonal), per-channel residual gain (diagonal)
 LOIHI_SYNAPSE_KINDS = ("token_mix", "channel", "residual")
+# the loihi profile's host readout: how the last population's rates are pooled over a sentence's valid
+# tokens (config "readout") -> the model file's /readout "pooling" attribute. The classifier reads
+# the poolings side by side (mean first). Models and files from before the choice pool by the mean.
+LOIHI_POOLINGS = {"mean": "mean_over_valid_tokens", "max": "max_over_valid_tokens",
+                  "mean_max": "mean_and_max_over_valid_tokens"}
+LOIHI_POOLING_BEFORE_CHOICE = "mean"
+
+
+def pooled_width(readout: str, width: int) -> int:
+    """Values the classifier reads for a population of ``width`` neurons per token: ``width`` per pooling."""
+    return width * len(readout.split("_"))
 
 # ------------------------------------------------------------------------------ Lava processes per profile
 # The Lava process class each part of a profile's graph is built from (paper: lava.builder;

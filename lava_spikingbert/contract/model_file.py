@@ -797,15 +797,12 @@ def sign_mode_of(mant: np.ndarray) -> str:
 # current (embeddings -> LayerNorm -> linear) and the readout (the last population's spike counts
 # pooled over a sentence's valid tokens: mean, max or both -> linear classifier). Layout: docs/model_file.md.
 from lava_spikingbert.contract.constants import (A_IN_MAX, DELAY_MAX, IF_DU_FIXED, IF_DV_FIXED,  # noqa: E402
-                                                 LOIHI_SYNAPSE_KINDS, MIXER_LAYER_POPULATIONS, WEIGHT_EXP_MAX,
-                                                 WEIGHT_EXP_MIN)
+                                                 LOIHI_POOLING_BEFORE_CHOICE, LOIHI_POOLINGS, LOIHI_SYNAPSE_KINDS,
+                                                 MIXER_LAYER_POPULATIONS, WEIGHT_EXP_MAX, WEIGHT_EXP_MIN,
+                                                 pooled_width)
 
 LOIHI_PRECISIONS = ("fp32", "int8")
 LOIHI_MIXINGS = ("bidirectional", "causal")
-# config "readout" (optional; files written before it existed pool by the mean) -> the /readout group's
-# "pooling" attribute; the classifier reads d values per pooling, side by side in this order
-LOIHI_POOLINGS = {"mean": "mean_over_valid_tokens", "max": "max_over_valid_tokens",
-                  "mean_max": "mean_and_max_over_valid_tokens"}
 LOIHI_REQUIRED_CONFIG = {"vocab_size": int, "max_position_embeddings": int, "type_vocab_size": int,
                          "pad_token_id": int, "embed_size": int, "layer_norm_eps": float, "hidden_size": int,
                          "intermediate_size": int, "num_layers": int, "kernel_size": int, "mixing": str,
@@ -945,7 +942,7 @@ class LoihiModelFile(_FileMembers):
     @property
     def pooling(self) -> str:
         """How the readout pools over tokens: a key of ``LOIHI_POOLINGS``."""
-        return self.config.get("readout", "mean")
+        return self.config.get("readout", LOIHI_POOLING_BEFORE_CHOICE)
 
     def readout(self, counts: np.ndarray, t_conv: int) -> np.ndarray:
         """Host side: logits from one sentence's (tokens, d) output counts (ASRs pooled over its tokens:
@@ -1056,10 +1053,11 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
             r.fail(f"/config field '{key}'", f"must be positive, got {cfg[key]}")
     if cfg["mixing"] not in LOIHI_MIXINGS:
         r.fail("/config field 'mixing'", f"must be one of {LOIHI_MIXINGS}, got {cfg['mixing']!r}")
-    if cfg.get("readout", "mean") not in LOIHI_POOLINGS:
-        r.fail("/config field 'readout'", f"must be one of {tuple(LOIHI_POOLINGS)}, got {cfg['readout']!r}")
-    if version < 2 and cfg.get("readout", "mean") != "mean":
-        r.fail("/config field 'readout'", f"{cfg['readout']!r} needs schema version 2 (version {version} pools by the mean)")
+    readout = cfg.get("readout", LOIHI_POOLING_BEFORE_CHOICE)
+    if readout not in LOIHI_POOLINGS:
+        r.fail("/config field 'readout'", f"must be one of {tuple(LOIHI_POOLINGS)}, got {readout!r}")
+    if version < 2 and readout != LOIHI_POOLING_BEFORE_CHOICE:
+        r.fail("/config field 'readout'", f"{readout!r} needs schema version 2 (version {version} has no readout choice)")
     if not (cfg["vth"] > 0 and math.isfinite(cfg["vth"])):
         r.fail("/config field 'vth'", f"must be a positive finite number, got {cfg['vth']!r}")
     if cfg["weights"] != precision:
@@ -1148,12 +1146,12 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
                 r.fail(f"{base}/weight", "differs from weight_mant * 2**exponent * vth")
         syns[want["name"]] = s
     _reject_unexpected(r, "/synapses", syns, cfg["num_layers"])
-    labels, readout = cfg["num_labels"], cfg.get("readout", "mean")
+    labels = cfg["num_labels"]
     pooling = r.attr(r.group("/readout"), "pooling", str)
     if pooling != LOIHI_POOLINGS[readout]:
         r.fail("/readout attribute 'pooling'", f"{pooling!r}, expected {LOIHI_POOLINGS[readout]!r} for "
                                                f"config readout {readout!r}")
-    pooled = d * (2 if readout == "mean_max" else 1)
+    pooled = pooled_width(readout, d)
     mf = LoihiModelFile(precision=precision, config=cfg, host_input=host, populations=pops, synapses=syns,
                         classifier_weight=r.dataset("/readout/weight", np.float32, (labels, pooled), finite=True),
                         classifier_bias=r.dataset("/readout/bias", np.float32, (labels,), finite=True),

@@ -59,7 +59,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lava_spikingbert.contract.constants import MIXER_LAYER_POPULATIONS, WEIGHT_MODES, population_names
+from lava_spikingbert.contract.constants import (LOIHI_POOLING_BEFORE_CHOICE, LOIHI_POOLINGS, MIXER_LAYER_POPULATIONS,
+                                                 WEIGHT_MODES, pooled_width, population_names)
 from lava_spikingbert.contract.atomic import atomic_write_text
 from lava_spikingbert.model.checkpoint import CONFIG_NAME, load_weights, read_profile, save_model
 from lava_spikingbert.model.config import ConfigError
@@ -70,9 +71,8 @@ from lava_spikingbert.model.quantizers import make_quantizer
 
 MIXINGS = ("bidirectional", "causal")
 # the host readout's pooling of the last population over the valid tokens: the mean, the maximum, or both
-# side by side (the classifier then reads 2d values; measured in docs/RESULTS.md, "Loihi-native profile")
-READOUTS = ("mean", "max", "mean_max")
-READOUT_BEFORE_FIELD = "mean"  # the readout of checkpoints saved before the field existed
+# side by side (the default; measured in docs/RESULTS.md, "Loihi-native profile")
+READOUTS = tuple(LOIHI_POOLINGS)
 RATE_FORWARDS = ("smooth", "staircase")
 # the weight modes this profile trains (the contract lists every mode a model file can hold)
 LOIHI_WEIGHT_MODES = WEIGHT_MODES[:2]
@@ -187,7 +187,7 @@ class LoihiConfig:
         unknown = sorted(set(data) - known - {"model_type", "profile"})
         if unknown:
             raise LoihiConfigError(f"unknown config field(s) {unknown}")
-        return cls(**{"readout": READOUT_BEFORE_FIELD, **{k: v for k, v in data.items() if k in known}})
+        return cls(**{"readout": LOIHI_POOLING_BEFORE_CHOICE, **{k: v for k, v in data.items() if k in known}})
 
     def save(self, path: str | Path) -> None:
         payload = {"model_type": "spikingbert", "profile": "loihi", **self.to_dict()}
@@ -298,7 +298,7 @@ class LoihiSpikingMixer(nn.Module):
                 nn.init.normal_(lin.weight, std=1.0 / math.sqrt(lin.in_features))
                 nn.init.zeros_(lin.bias)
         # host side: readout of the last population
-        self.classifier = nn.Linear(2 * d if config.readout == "mean_max" else d, config.num_labels)
+        self.classifier = nn.Linear(pooled_width(config.readout, d), config.num_labels)
         self.fit = (nn.ModuleList(nn.Linear(d, config.fit_size) for _ in config.tap_names())
                     if config.fit_size else None)
         self.set_weights(config.weights)
