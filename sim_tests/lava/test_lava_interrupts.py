@@ -86,3 +86,28 @@ def test_interrupt_ends_every_process_and_shared_memory(cli_model, sig, target, 
     assert not left, [(p.pid, p.cmdline()) for p in left]
     leaked = [s for s in segments if os.path.exists(s)]
     assert not leaked, leaked
+
+
+def test_supervised_child_computes_torch_after_the_parent_did():
+    """The supervised child is forked: a parent that already ran torch's OpenMP pool (a test
+    session, the pipeline's ``--export --lava``) must not leave the child's first parallel torch
+    operation waiting for threads that did not survive the fork."""
+    code = ("import torch\n"
+            "from lava_spikingbert.lava.supervise import run_supervised\n"
+            "torch.set_num_threads(2)\n"
+            "a = torch.randn(512, 512)\n"
+            "(a @ a).sum()  # the parent's pool runs\n"
+            "def work():\n"
+            "    b = torch.randn(512, 512)\n"
+            "    return 0 if torch.isfinite((b @ b).sum()) else 1\n"
+            "raise SystemExit(run_supervised(work, 'test'))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the supervised child hung in its first parallel torch operation")
+    assert proc.returncode == 0, err[-2000:]
