@@ -73,12 +73,13 @@ LOIHI_SYNAPSE_KINDS = ("token_mix", "channel", "residual")
 # the poolings side by side (mean first). Models and files from before the choice pool by the mean.
 LOIHI_POOLINGS = {"mean": "mean_over_valid_tokens", "max": "max_over_valid_tokens",
                   "mean_max": "mean_and_max_over_valid_tokens"}
+LOIHI_POOLING_PARTS = {"mean": ("mean",), "max": ("max",), "mean_max": ("mean", "max")}  # in the classifier's order
 LOIHI_POOLING_BEFORE_CHOICE = "mean"
 
 
 def pooled_width(readout: str, width: int) -> int:
     """Values the classifier reads for a population of ``width`` neurons per token: ``width`` per pooling."""
-    return width * len(readout.split("_"))
+    return width * len(LOIHI_POOLING_PARTS[readout])
 
 # ------------------------------------------------------------------------------ Lava processes per profile
 # The Lava process class each part of a profile's graph is built from (paper: lava.builder;

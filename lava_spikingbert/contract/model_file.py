@@ -797,7 +797,8 @@ def sign_mode_of(mant: np.ndarray) -> str:
 # current (embeddings -> LayerNorm -> linear) and the readout (the last population's spike counts
 # pooled over a sentence's valid tokens: mean, max or both -> linear classifier). Layout: docs/model_file.md.
 from lava_spikingbert.contract.constants import (A_IN_MAX, DELAY_MAX, IF_DU_FIXED, IF_DV_FIXED,  # noqa: E402
-                                                 LOIHI_POOLING_BEFORE_CHOICE, LOIHI_POOLINGS, LOIHI_SYNAPSE_KINDS,
+                                                 LOIHI_POOLING_BEFORE_CHOICE, LOIHI_POOLING_PARTS, LOIHI_POOLINGS,
+                                                 LOIHI_SYNAPSE_KINDS,
                                                  MIXER_LAYER_POPULATIONS, WEIGHT_EXP_MAX, WEIGHT_EXP_MIN,
                                                  pooled_width)
 
@@ -948,8 +949,8 @@ class LoihiModelFile(_FileMembers):
         """Host side: logits from one sentence's (tokens, d) output counts (ASRs pooled over its tokens:
         the mean, the maximum, or both side by side)."""
         asr = np.asarray(counts, np.float64) / t_conv
-        pooled = {"mean": [asr.mean(0)], "max": [asr.max(0)], "mean_max": [asr.mean(0), asr.max(0)]}[self.pooling]
-        return np.concatenate(pooled) @ self.classifier_weight.T.astype(np.float64) + self.classifier_bias
+        pooled = np.concatenate([getattr(asr, part)(0) for part in LOIHI_POOLING_PARTS[self.pooling]])
+        return pooled @ self.classifier_weight.T.astype(np.float64) + self.classifier_bias
 
 
 def loihi_range_problems(mf: LoihiModelFile) -> list[str]:

@@ -59,8 +59,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lava_spikingbert.contract.constants import (LOIHI_POOLING_BEFORE_CHOICE, LOIHI_POOLINGS, MIXER_LAYER_POPULATIONS,
-                                                 WEIGHT_MODES, pooled_width, population_names)
+from lava_spikingbert.contract.constants import (LOIHI_POOLING_BEFORE_CHOICE, LOIHI_POOLING_PARTS, LOIHI_POOLINGS,
+                                                 MIXER_LAYER_POPULATIONS, WEIGHT_MODES, pooled_width,
+                                                 population_names)
 from lava_spikingbert.contract.atomic import atomic_write_text
 from lava_spikingbert.model.checkpoint import CONFIG_NAME, load_weights, read_profile, save_model
 from lava_spikingbert.model.config import ConfigError
@@ -466,12 +467,9 @@ class LoihiSpikingMixer(nn.Module):
         """Host side: the last population's ASR pooled over the valid tokens (``config.readout``: mean,
         max or both) -> linear classifier."""
         m = attention_mask[..., None].to(last.dtype)
-        pooled = []
-        if self.config.readout in ("mean", "mean_max"):
-            pooled.append((last * m).sum(-2) / m.sum(-2).clamp_min(1.0))
-        if self.config.readout in ("max", "mean_max"):  # rates are >= 0: a masked position counts as 0
-            pooled.append((last * m).amax(-2))
-        return self.classifier(torch.cat(pooled, -1))
+        masked = last * m  # rates are >= 0: a masked position never wins the max
+        pool = {"mean": lambda: masked.sum(-2) / m.sum(-2).clamp_min(1.0), "max": lambda: masked.amax(-2)}
+        return self.classifier(torch.cat([pool[part]() for part in LOIHI_POOLING_PARTS[self.config.readout]], -1))
 
     @torch.no_grad()
     def predict_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
