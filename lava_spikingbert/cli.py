@@ -208,7 +208,7 @@ def cmd_eval(args) -> int:
 
     from lava_spikingbert.model.student import load_student
     from training.batching import encode
-    from training.distill import evaluate_student
+    from training.distill import evaluate_student_at
 
     _check_output_file(args.json, "--json")
     torch.set_num_threads(args.threads)
@@ -223,10 +223,10 @@ def cmd_eval(args) -> int:
         raise CliError(f"{args.model} has {model.config.num_labels} outputs; task {spec.name} needs "
                        f"{spec.num_labels} (is --task the task it was trained for?)")
     rows = []
-    for T in args.t_conv:
-        enc = encode(examples, tokenizer, min(args.max_length, model.config.max_length))
-        r = evaluate_student(model, enc, spec, t_conv=T, batch_size=args.batch_size, progress=True,
-                             workers=args.workers)
+    enc = encode(examples, tokenizer, min(args.max_length, model.config.max_length))
+    for r in evaluate_student_at(model, enc, spec, args.t_conv, batch_size=args.batch_size, progress=True,
+                                 workers=args.workers):  # one simulation of the longest T gives every T
+        T = r["t_conv"]
         r.pop("predictions")
         row = {"task": spec.name, "split": args.split, "backend": "torch", "precision": model.config.weights, **r}
         rows.append(row)

@@ -31,6 +31,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from lava_spikingbert.contract.run_lock import locks_directory
 from lava_spikingbert.model.checkpoint import load_weights, read_profile, write_model_files
 from lava_spikingbert.model.config import TRAIN_FORWARDS, SpikingBertConfig
 from lava_spikingbert.model.encoder import SpikingBert
-from lava_spikingbert.model.inference import predict_batches
+from lava_spikingbert.model.inference import predict_batches_at
 from lava_spikingbert.model.loihi import HOST_EMBEDDINGS, LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import attach_weight_quantizers
 from lava_spikingbert.model.student import load_student, profile_of
@@ -291,26 +292,45 @@ def evaluate_student(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec
     The batches are simulated ``workers`` at a time (default: one per intra-op thread; see
     ``lava_spikingbert.model.inference.predict_batches``). Under torchrun (``dist``) every rank takes a
     share of the batches and all ranks get the same result."""
+    T = int(t_conv if t_conv is not None else model.config.t_conv)
+    return evaluate_student_at(model, encoded, spec, (T,), batch_size=batch_size, progress=progress,
+                               workers=workers, dist=dist)[0]
+
+
+def evaluate_student_at(model: SpikingBert, encoded: EncodedDataset, spec: TaskSpec, steps: Sequence[int], *,
+                        batch_size: int = 64, progress: bool = False, workers: int | None = None,
+                        dist: DistEnv | None = None) -> list[dict]:
+    """``evaluate_student`` at every step count in ``steps`` (one result each, in increasing ``T``),
+    all read from one simulation of ``max(steps)`` steps: the results equal separate simulations
+    (``lava_spikingbert.model.neurons.time_chunks``). ``wall_s`` and ``sentences_per_s`` are those
+    of that one simulation, and ``simulated_steps`` says how long it ran."""
     dist = dist or DistEnv()
+    steps = sorted({int(t) for t in steps})
     was_training = model.training
     model.eval()
-    T = int(t_conv if t_conv is not None else model.config.t_conv)
     n = len(encoded)
-    logits = torch.zeros(n, model.config.num_labels)
+    logits = {T: torch.zeros(n, model.config.num_labels) for T in steps}
     start = time.perf_counter()
     batches = dist.shard(list(length_bucketed_batches(encoded, batch_size, shuffle=False)))
     inputs = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
-    with tqdm(total=len(batches), desc=f"eval T={T}", disable=not (progress and dist.is_main), leave=False) as bar:
-        outputs = predict_batches(model, inputs, T, workers=workers, on_done=lambda i: bar.update())
+    desc = f"eval T={steps[0]}" if len(steps) == 1 else f"eval T={','.join(map(str, steps))}"
+    with tqdm(total=len(batches), desc=desc, disable=not (progress and dist.is_main), leave=False) as bar:
+        outputs = predict_batches_at(model, inputs, steps, workers=workers, on_done=lambda i: bar.update())
     for batch, out in zip(batches, outputs):
-        logits[batch["index"]] = out.float()
-    dist.sum_(logits)  # every sentence was simulated by exactly one rank; the others hold zeros
+        for T in steps:
+            logits[T][batch["index"]] = out[T].float()
+    for T in steps:
+        dist.sum_(logits[T])  # every sentence was simulated by exactly one rank; the others hold zeros
     wall = time.perf_counter() - start
     model.train(was_training)
-    preds = logits.squeeze(-1).numpy() if spec.is_regression else logits.argmax(-1).numpy()
-    metrics = compute_metrics(spec, preds, encoded.labels) if encoded.labels is not None else {}
-    return {"metrics": metrics, "n": n, "t_conv": T, "wall_s": wall, "sentences_per_s": n / wall if wall else None,
-            "predictions": preds.tolist()}
+    results = []
+    for T in steps:
+        preds = logits[T].squeeze(-1).numpy() if spec.is_regression else logits[T].argmax(-1).numpy()
+        metrics = compute_metrics(spec, preds, encoded.labels) if encoded.labels is not None else {}
+        results.append({"metrics": metrics, "n": n, "t_conv": T, "wall_s": wall,
+                        "sentences_per_s": n / wall if wall else None, "simulated_steps": steps[-1],
+                        "predictions": preds.tolist()})
+    return results
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -44,7 +44,7 @@ from lava_spikingbert.model.loihi import LoihiSpikingMixer
 from lava_spikingbert.model.student import load_student
 from training.batching import encode
 from training.common import init_distributed, refuse_other_settings, seed_all
-from training.distill import (STAGES, StageSettings, evaluate_student, init_loihi_student, init_student_from_teacher,
+from training.distill import (STAGES, StageSettings, evaluate_student_at, init_loihi_student, init_student_from_teacher,
                               load_stage_result, loihi_config_from_teacher, run_stage, save_checkpoint,
                               settings_differences, stage_done, student_config_from_teacher)
 from training.pipeline_data import HOLDOUT_FRACTION, HOLDOUT_MAX, CustomFiles, carve_holdout, mean_words, sized_budget
@@ -330,10 +330,10 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     if profile == "loihi" and weights != "fp32":
         models.append(("fp32", load_student(previous, weights="fp32")))
     rows = []
-    for precision, model in models:
-        for T in eval_t:  # every rank simulates a share of the dev batches
-            r = evaluate_student(model, dev, spec, t_conv=T, batch_size=b.eval_batch_size, progress=progress,
-                                 dist=dist)
+    for precision, model in models:  # every rank simulates a share of the dev batches, once for all T
+        for r in evaluate_student_at(model, dev, spec, eval_t, batch_size=b.eval_batch_size, progress=progress,
+                                     dist=dist):
+            T = r["t_conv"]
             r.pop("predictions")
             rows.append({"task": spec.name, "split": "dev", "backend": "torch", "precision": precision,
                          "profile": profile, "deployed": precision == weights, "selected_on": select_on, **r})
@@ -416,7 +416,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _print_table(rows: list[dict], metric: str, teacher: dict) -> None:
-    print(f"\n{'T':>4} | {'weights':>7} | {'dev ' + metric:>12} | {'sentences/s':>11}")
+    print(f"\n{'T':>4} | {'weights':>7} | {'dev ' + metric:>12} | {'sentences/s':>11} (one simulation of the longest T)")
     print("-" * 44)
     for r in rows:
         print(f"{r['t_conv']:>4} | {r['precision']:>7} | {100 * r['metrics'][metric]:>11.2f}% | "

@@ -36,7 +36,7 @@ from lava_spikingbert.contract.constants import EMBED, MASK_NEGATIVE, output_pop
 from lava_spikingbert.model.checkpoint import load_weights, read_config, save_model
 from lava_spikingbert.model.config import SpikingBertConfig
 from lava_spikingbert.model.equilibrium import attach_implicit_adjoint, straight_through
-from lava_spikingbert.model.neurons import heaviside, make_neuron, surrogate_spike
+from lava_spikingbert.model.neurons import heaviside, make_neuron, surrogate_spike, time_chunks
 from lava_spikingbert.model.quantizers import attach_weight_quantizers, int8_codes
 
 
@@ -297,6 +297,8 @@ class Activity:
     # simulation only: spike events per unit (= spike_counts for 0/1 neurons; on + off for signed units)
     spike_events: dict[str, torch.Tensor] | None = None
     trains: dict[str, torch.Tensor] | None = None  # simulation with record_trains: T x B x L x width
+    # simulation with ``counts_at``: every population's spike counts after each of those steps
+    counts_at: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -394,7 +396,7 @@ class SpikingBert(nn.Module):
     def simulate(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, t_conv: int | None = None, *,
                  dropout: SharedDropout = NO_DROPOUT, spike_fn=heaviside, record_scores: bool = True,
                  cls_only: bool = False, chunk_steps: int | None = None,
-                 record_trains: bool = False, integer_synapses: bool = True) -> Activity:
+                 record_trains: bool = False, integer_synapses: bool = True, counts_at=()) -> Activity:
         """Run the spiking network for ``t_conv`` steps; returns every population's ASR.
 
         Populations are updated in order within a step, with no delay (the paper's schedule).
@@ -408,19 +410,23 @@ class SpikingBert(nn.Module):
         Call under ``torch.no_grad()`` unless ``spike_fn`` is a surrogate (BPTT baseline).
         ``integer_synapses``: quantized synapses multiply the binary spikes with int8 kernels
         (see ``SynapseLinear``; no effect on fp32 weights or when autograd records).
+        ``counts_at``: step counts (at most ``t_conv``) after which the spike counts are also kept
+        (``Activity.counts_at``; see ``neurons.time_chunks``).
         """
         binary = integer_synapses and spike_fn is heaviside and not torch.is_grad_enabled()
         with binary_synapse_inputs(self, binary and self.config.weights != "fp32"), frozen_quantized_weights():
             return self._simulate(emb_current, attention_mask, t_conv, dropout=dropout, spike_fn=spike_fn,
                                   record_scores=record_scores, cls_only=cls_only, chunk_steps=chunk_steps,
-                                  record_trains=record_trains)
+                                  record_trains=record_trains, counts_at=counts_at)
 
     def _simulate(self, emb_current: torch.Tensor, attention_mask: torch.Tensor, t_conv: int | None, *,
                   dropout: SharedDropout, spike_fn, record_scores: bool, cls_only: bool,
-                  chunk_steps: int | None, record_trains: bool) -> Activity:
+                  chunk_steps: int | None, record_trains: bool, counts_at=()) -> Activity:
         T = int(t_conv if t_conv is not None else self.config.t_conv)
         if T <= 0:
             raise ValueError(f"t_conv must be positive, got {T}")
+        if any(not 0 < int(t) <= T for t in counts_at):
+            raise ValueError(f"counts_at {sorted(counts_at)} must lie in 1..t_conv={T}")
         if self.feedback is not None:
             chunk = 1
             cls_only = False
@@ -461,8 +467,8 @@ class SpikingBert(nn.Module):
                 trains.setdefault(name, []).append(out.detach())
             return out
 
-        for t0 in range(0, T, chunk):
-            n = min(chunk, T - t0)
+        kept: dict[int, dict[str, torch.Tensor]] = {}
+        for t0, n in time_chunks(T, chunk, counts_at):
             current = expanded = emb_current.expand(n, *emb_current.shape)
             if self.feedback is not None and prev_out is not None:
                 current = current + self.feedback(prev_out)
@@ -485,7 +491,9 @@ class SpikingBert(nn.Module):
                 x = layer.run_populations(x, fire, bias, dropout, slice(0, 1) if (cls_only and i == last) else None,
                                           add_scores)
             prev_out = x
-        activity = Activity(asr={k: c / T for k, c in counts.items()}, t_conv=T, spike_counts=counts,
+            if t0 + n in counts_at:  # ``counts`` entries are replaced, never updated in place
+                kept[t0 + n] = dict(counts)
+        activity = Activity(counts_at=kept, asr={k: c / T for k, c in counts.items()}, t_conv=T, spike_counts=counts,
                             spike_events=events if neuron.signed else counts)
         if record_scores:
             activity.attention_scores = [s / T for s in score_sums]
@@ -624,11 +632,25 @@ class SpikingBert(nn.Module):
                        token_type_ids: torch.Tensor | None = None, t_conv: int | None = None, *,
                        integer_synapses: bool = True) -> torch.Tensor:
         """Inference: the spiking simulation with the last layer computed for [CLS] only."""
+        T = int(t_conv if t_conv is not None else self.config.t_conv)
+        return self.predict_logits_at(input_ids, attention_mask, token_type_ids, (T,),
+                                      integer_synapses=integer_synapses)[T]
+
+    @torch.no_grad()
+    def predict_logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                          token_type_ids: torch.Tensor | None, steps, *,
+                          integer_synapses: bool = True) -> dict[int, torch.Tensor]:
+        """``{T: predict_logits(..., t_conv=T)}`` for every ``T`` in ``steps``, read from one
+        simulation of ``max(steps)`` steps (``neurons.time_chunks`` says why that is exact)."""
+        steps = sorted({int(t) for t in steps})
+        if not steps or steps[0] <= 0:
+            raise ValueError(f"steps must be positive step counts, got {steps}")
         input_ids, attention_mask, token_type_ids = self.check_inputs(input_ids, attention_mask, token_type_ids)
         emb = self.embedding_current(input_ids, token_type_ids)
-        activity = self.simulate(emb, attention_mask, t_conv, record_scores=False, cls_only=True,
-                                 integer_synapses=integer_synapses)
-        return self.classifier(activity.asr[output_population(len(self.layers))][:, 0])
+        activity = self.simulate(emb, attention_mask, steps[-1], record_scores=False, cls_only=True,
+                                 integer_synapses=integer_synapses, counts_at=steps)
+        out = output_population(len(self.layers))
+        return {T: self.classifier(activity.counts_at[T][out][:, 0] / T) for T in steps}
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | Path) -> Path:

@@ -92,5 +92,15 @@ def predict_batches(model, batches: Sequence[Batch], t_conv: int | None = None, 
                     on_done: Callable[[int], None] | None = None) -> list[torch.Tensor]:
     """``model.predict_logits`` of every batch ``(input_ids, attention_mask, token_type_ids)``, in
     the order given, ``workers`` batches at a time (see ``map_batches``)."""
-    return map_batches(lambda b: model.predict_logits(*b, t_conv=t_conv, integer_synapses=integer_synapses),
+    T = int(t_conv if t_conv is not None else model.config.t_conv)
+    return [r[T] for r in predict_batches_at(model, batches, (T,), workers=workers,
+                                              integer_synapses=integer_synapses, on_done=on_done)]
+
+
+def predict_batches_at(model, batches: Sequence[Batch], steps: Sequence[int], *, workers: int | None = None,
+                       integer_synapses: bool = True,
+                       on_done: Callable[[int], None] | None = None) -> list[dict[int, torch.Tensor]]:
+    """``model.predict_logits_at`` of every batch: the logits at every step count in ``steps``,
+    from one simulation per batch of the longest."""
+    return map_batches(lambda b: model.predict_logits_at(*b, steps, integer_synapses=integer_synapses),
                        batches, workers=workers, on_done=on_done)

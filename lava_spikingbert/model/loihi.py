@@ -67,7 +67,7 @@ from lava_spikingbert.model.checkpoint import CONFIG_NAME, load_weights, read_pr
 from lava_spikingbert.model.config import ConfigError
 from lava_spikingbert.model.encoder import NO_DROPOUT, SharedDropout
 from lava_spikingbert.model.equilibrium import straight_through
-from lava_spikingbert.model.neurons import LIFResetZero
+from lava_spikingbert.model.neurons import LIFResetZero, time_chunks
 from lava_spikingbert.model.quantizers import make_quantizer
 
 MIXINGS = ("bidirectional", "causal")
@@ -210,6 +210,8 @@ class LoihiActivity:
     asr: dict[str, torch.Tensor] = field(default_factory=dict)
     spike_counts: dict[str, torch.Tensor] | None = None  # simulation only
     t_conv: int | None = None
+    # simulation with ``counts_at``: every population's spike counts after each of those steps
+    counts_at: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -408,17 +410,21 @@ class LoihiSpikingMixer(nn.Module):
 
     @torch.no_grad()
     def simulate(self, current: torch.Tensor, t_conv: int | None = None, *, dropout: SharedDropout = NO_DROPOUT,
-                 chunk_steps: int | None = None) -> LoihiActivity:
+                 chunk_steps: int | None = None, counts_at=()) -> LoihiActivity:
         """The spiking network: ``t_conv`` steps of every population driven by ``current``
         (``B x L x d``, constant in time); returns ASRs and spike counts per population.
 
         Populations are updated in order within a step (each population's T-step window sees its
         parents' windows). The graph is feed-forward, so whole chunks of time steps are computed
-        population by population; the membranes carry over between chunks.
+        population by population; the membranes carry over between chunks. ``counts_at``: step
+        counts (at most ``t_conv``) after which the spike counts are also kept (``counts_at`` of
+        the result; see ``neurons.time_chunks``).
         """
         T = int(t_conv if t_conv is not None else self.config.t_conv)
         if T <= 0:
             raise ValueError(f"t_conv must be positive, got {T}")
+        if any(not 0 < int(t) <= T for t in counts_at):
+            raise ValueError(f"counts_at {sorted(counts_at)} must lie in 1..t_conv={T}")
         B, L, _ = current.shape
         if chunk_steps is None:  # bound the widest per-chunk tensor (results do not depend on it)
             widest = max(self.config.hidden_size, self.config.intermediate_size)
@@ -437,10 +443,13 @@ class LoihiSpikingMixer(nn.Module):
             counts[name] = out.sum(0) if name not in counts else counts[name] + out.sum(0)
             return out
 
-        for t0 in range(0, T, chunk):
-            n = min(chunk, T - t0)
+        kept: dict[int, dict[str, torch.Tensor]] = {}
+        for t0, n in time_chunks(T, chunk, counts_at):
             self.propagate(current.expand(n, *current.shape).contiguous(), settle, dropout)
-        return LoihiActivity(asr={k: c / T for k, c in counts.items()}, spike_counts=counts, t_conv=T)
+            if t0 + n in counts_at:  # ``counts`` entries are replaced, never updated in place
+                kept[t0 + n] = dict(counts)
+        return LoihiActivity(asr={k: c / T for k, c in counts.items()}, spike_counts=counts, t_conv=T,
+                             counts_at=kept)
 
     def steady_state(self, current: torch.Tensor, *, equilibrium: LoihiActivity | None = None,
                      dropout: SharedDropout = NO_DROPOUT) -> LoihiActivity:
@@ -478,7 +487,23 @@ class LoihiSpikingMixer(nn.Module):
         """Logits of the spiking simulation (the interface ``model.inference.predict_batches`` uses).
         ``integer_synapses`` is accepted for that interface; the synapses here multiply 0/1 spikes
         with the (int8-grid) weights directly."""
-        return self.forward(input_ids, attention_mask, token_type_ids, mode="simulate", t_conv=t_conv).logits
+        T = int(t_conv if t_conv is not None else self.config.t_conv)
+        return self.predict_logits_at(input_ids, attention_mask, token_type_ids, (T,))[T]
+
+    @torch.no_grad()
+    def predict_logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                          token_type_ids: torch.Tensor | None, steps, *,
+                          integer_synapses: bool = True) -> dict[int, torch.Tensor]:
+        """``{T: predict_logits(..., t_conv=T)}`` for every ``T`` in ``steps``, read from one
+        simulation of ``max(steps)`` steps (``neurons.time_chunks`` says why that is exact)."""
+        steps = sorted({int(t) for t in steps})
+        if not steps or steps[0] <= 0:
+            raise ValueError(f"steps must be positive step counts, got {steps}")
+        dropout = SharedDropout(self.training)
+        current, mask = self.margined_current(input_ids, attention_mask, token_type_ids, dropout)
+        activity = self.simulate(current.detach(), steps[-1], dropout=dropout, counts_at=steps)
+        last = f"layer{self.config.num_layers - 1}.out"
+        return {T: self.readout(activity.counts_at[T][last] / T, mask) for T in steps}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, mode: str | None = None,

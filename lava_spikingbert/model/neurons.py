@@ -178,6 +178,17 @@ class IFSignedPair(_ThresholdNeuron):
 NEURONS = {cls.name: cls for cls in (IFSubtract, LIFResetZero, IFSignedPair)}
 
 
+def time_chunks(t_conv: int, chunk: int, stops=()) -> list[tuple[int, int]]:
+    """``(first step, steps)`` of the chunks a ``t_conv``-step simulation runs in: ``chunk`` steps
+    at a time, also cut at every step count in ``stops`` so the counts can be read there.
+
+    The network starts at rest and its input is constant in time, so the first ``t`` steps of a
+    longer simulation are exactly a ``t``-step simulation: one run of ``max(stops)`` steps gives the
+    result at every ``t`` in ``stops``."""
+    cuts = sorted({t for t in range(0, t_conv, max(1, int(chunk)))} | {int(t) for t in stops if 0 < t < t_conv})
+    return [(t0, t1 - t0) for t0, t1 in zip(cuts, cuts[1:] + [t_conv])]
+
+
 def make_neuron(kind: str, vth: float):
     try:
         return NEURONS[kind](vth)

@@ -441,3 +441,22 @@ def test_atomic_directory_replaces_carries_and_recovers(tmp_path):
     (tmp_path / ".ckpt.int8.tmp").mkdir()  # the write in progress of a sibling named ckpt.int8: kept
     recover_directory(d)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.int8.tmp", "ckpt"]
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_logits_at_several_T_equal_separate_simulations(weights, batch):
+    """One simulation of the longest T read at every shorter T gives exactly the logits of a
+    simulation of that many steps (the network starts at rest; its input is constant)."""
+    model = tiny_model(weights=weights)
+    ids, mask = batch
+    steps = (3, 8, 5, 16)
+    at = model.predict_logits_at(ids, mask, None, steps)
+    assert list(at) == sorted(steps)
+    for T in steps:
+        assert torch.equal(at[T], model.predict_logits(ids, mask, t_conv=T)), T
+    assert not torch.equal(at[3], at[16])  # the readout really changes with T
+    with pytest.raises(ValueError, match="steps"):
+        model.predict_logits_at(ids, mask, None, (0, 4))
+    emb = model.embedding_current(ids, torch.zeros_like(ids))
+    with pytest.raises(ValueError, match="counts_at"), torch.no_grad():
+        model.simulate(emb, mask, 8, counts_at=(9,))

@@ -258,3 +258,17 @@ def test_checkpoint_records_profile_and_load_student_dispatches(tmp_path):
     (tmp_path / "loihi" / "config.json").write_text(json.dumps({**cfg, "profile": "truenorth"}))
     with pytest.raises(ConfigError, match=r"loihi/config.json: unknown model profile 'truenorth'"):
         load_student(tmp_path / "loihi")
+
+
+@pytest.mark.parametrize("readout,weights", [("mean", "fp32"), ("mean_max", "int8")])
+def test_logits_at_several_T_equal_separate_simulations(readout, weights):
+    """One simulation of the longest T read at every shorter T gives exactly the logits of a
+    simulation of that many steps."""
+    model = tiny(readout=readout, weights=weights).eval()
+    ids, mask = batch([6, 9, 4])
+    steps = (2, 7, 12)
+    at = model.predict_logits_at(ids, mask, None, steps)
+    for T in steps:
+        assert torch.equal(at[T], model.predict_logits(ids, mask, t_conv=T)), T
+        assert torch.equal(at[T], model(ids, mask, mode="simulate", t_conv=T).logits), T
+    assert not torch.equal(at[2], at[12])

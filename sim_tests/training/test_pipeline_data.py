@@ -16,8 +16,9 @@ import pytest
 
 from lava_spikingbert.cli import main
 from training.pipeline import BUDGETS, Budget, run_pipeline
-from training.pipeline_data import (HOLDOUT_MAX, RATE_ANN_FULL_LENGTH_FACTOR, STAGE_FLOOR_STEPS, TEACHER_FLOOR_STEPS,
-                                    CustomFiles, carve_holdout, holdout_size, mean_words, sized_budget)
+from training.pipeline_data import (HOLDOUT_MAX, PREDICTION_TIME_ALLOWANCE, RATE_ANN_FULL_LENGTH_FACTOR,
+                                    STAGE_FLOOR_STEPS, TEACHER_FLOOR_STEPS, CustomFiles, carve_holdout, holdout_size,
+                                    mean_words, sized_budget)
 from training.readers import Example, load_glue
 from training.tasks import TASKS, DataError, get_task
 
@@ -288,15 +289,20 @@ def test_budget_floor_and_cap():
     assert (big.general_steps, big.intermediate_steps, big.prediction_steps) == (300, 1300, 600)
     long, rule = sized_budget(base, 400_000, 25.0)  # sentences 2.5x longer: fewer of them in the same time
     assert rule["length_factor"] == 2.5 and long.teacher_epochs < big.teacher_epochs
-    assert long.prediction_steps == 240 and long.eval_every == 80
+    assert (long.general_steps, long.intermediate_steps) == (120, 520)  # 300 / 2.5, 1300 / 2.5
+    # the prediction stage may take PREDICTION_TIME_ALLOWANCE times its tuned time: 600 * 1.5 / 2.5 steps
+    assert PREDICTION_TIME_ALLOWANCE == 1.5 and rule["prediction_time_allowance"] == 1.5
+    assert long.prediction_steps == 360 and long.eval_every == 120
+    somewhat, _ = sized_budget(base, 400_000, 15.0)  # 1.5x longer: the prediction stage keeps its tuned length
+    assert (somewhat.intermediate_steps, somewhat.prediction_steps) == (866, 600)
     # the stages trained as the rate ANN keep their tuned lengths up to RATE_ANN_FULL_LENGTH_FACTOR, the others do not
     rate_stages = ("general", "intermediate")
     warm, rule = sized_budget(base, 400_000, 10.0 * RATE_ANN_FULL_LENGTH_FACTOR, rate_ann_stages=rate_stages)
-    assert (warm.general_steps, warm.intermediate_steps, warm.prediction_steps) == (300, 1300, 240)
+    assert (warm.general_steps, warm.intermediate_steps, warm.prediction_steps) == (300, 1300, 360)
     assert rule["rate_ann_stages"] == list(rate_stages) and warm.teacher_epochs == long.teacher_epochs
     longer, _ = sized_budget(base, 400_000, 20.0 * RATE_ANN_FULL_LENGTH_FACTOR, rate_ann_stages=rate_stages)
     assert (longer.general_steps, longer.intermediate_steps) == (150, 650)  # halved beyond the factor
-    assert longer.prediction_steps == STAGE_FLOOR_STEPS["prediction"]  # 600 / 5 is under the floor
+    assert longer.prediction_steps == STAGE_FLOOR_STEPS["prediction"]  # 600 * 1.5 / 5 is under the floor
     assert sized_budget(base, SST2_TRAIN_SENTENCES, SST2_TRAIN_MEAN_WORDS, rate_stages)[0] == base
     with pytest.raises(ValueError, match="rate_ann_stages.*'teacher'"):
         sized_budget(base, 5000, 10.0, rate_ann_stages=("teacher",))
