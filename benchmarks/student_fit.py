@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from lava_spikingbert.model.encoder import SpikingBert
     from training.batching import encode
-    from training.distill import evaluate_student
+    from training.distill import evaluate_student_at
     from training.pipeline_data import CustomFiles
     from training.readers import load_glue
     from training.tasks import get_task
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         ann = rate_ann_predictions(student, enc, args.batch_size)
         r["rate_ann"] = score("rate ANN", ann, time.perf_counter() - t0)
         r["spiking"] = {}
-        for T in args.t:
-            ev = evaluate_student(student, enc, spec, t_conv=T, batch_size=args.batch_size)
+        for ev in evaluate_student_at(student, enc, spec, args.t, batch_size=args.batch_size):  # one simulation
+            T = ev["t_conv"]
             r["spiking"][str(T)] = score(f"spiking T={T}", np.asarray(ev["predictions"]), ev["wall_s"])
         results[split] = r
 

@@ -508,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--model", required=True)
     p.add_argument("--split", default="dev")
-    p.add_argument("--t-conv", type=positive_int, nargs="+", default=[16])
+    p.add_argument("--t-conv", type=positive_int, nargs="+", default=[16],
+                   help="simulation steps; several are all read from one simulation of the longest")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--max-length", type=positive_int, default=128)
@@ -554,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"))
     p.add_argument("--gold-labels", action="store_true")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--eval-t", type=int_list, default="4,8,16,32,64")
+    p.add_argument("--eval-t", type=int_list, default="4,8,16,32,64",
+                   help="the final student's simulation steps, all read from one simulation of the longest")
     p.add_argument("--corpus", default=None)
     p.add_argument("--weights", default=None, choices=WEIGHT_MODES,
                    help="the deployed weights (default: fp32 paper, int8 loihi)")
