@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
              "teacher_accuracy": float((teacher_pred == labels).mean())}
         cells = [split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}"]
 
-        def score(name: str, pred: np.ndarray, wall_s: float) -> dict:
+        def score(name: str, pred: np.ndarray, wall_s: float, **extra) -> dict:
             d = {"accuracy": float((pred == labels).mean()),
-                 "agreement_with_teacher": float((pred == teacher_pred).mean()), "wall_s": wall_s}
+                 "agreement_with_teacher": float((pred == teacher_pred).mean()), "wall_s": wall_s, **extra}
             rows.append([*cells, name, f"{100 * d['accuracy']:.2f}", f"{100 * d['agreement_with_teacher']:.2f}"])
             return d
 
@@ -103,9 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
         ann = rate_ann_predictions(student, enc, args.batch_size)
         r["rate_ann"] = score("rate ANN", ann, time.perf_counter() - t0)
         r["spiking"] = {}
-        for ev in evaluate_student_at(student, enc, spec, args.t, batch_size=args.batch_size):  # one simulation
+        # every T is read from one simulation of the longest: wall_s is that simulation's, shared
+        for ev in evaluate_student_at(student, enc, spec, args.t, batch_size=args.batch_size):
             T = ev["t_conv"]
-            r["spiking"][str(T)] = score(f"spiking T={T}", np.asarray(ev["predictions"]), ev["wall_s"])
+            r["spiking"][str(T)] = score(f"spiking T={T}", np.asarray(ev["predictions"]), ev["wall_s"],
+                                         simulated_steps=ev["simulated_steps"])
         results[split] = r
 
     print(C.table(["split", "n", "tokens", "teacher %", "student", "student %", "agrees with teacher %"], rows))
