@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from lava_spikingbert.model.loihi import LoihiConfig, LoihiSpikingMixer
 from training.batching import encode
-from training.batching import length_bucketed_batches
+from training.batching import length_bucketed_batches, mask_inner_tokens
 from training.distill import default_layer_map
 from training.readers import load_glue
 from training.tasks import get_task
@@ -75,12 +75,14 @@ class Budget:
     calib_std: float = 1.0
     seed: int = 42
     weights: str = "fp32"
+    augment_mask: float = 0.0  # rate stage: each inner token replaced by [MASK] with this probability
 
 
 # --------------------------------------------------------------------------- data
 def load_data(teacher_dir: str, cache_path: str, max_length: int = 64):
     spec = get_task("sst2")
     teacher, tok = load_teacher(teacher_dir, num_labels=2)
+    teacher.config.mask_id = tok.mask_token_id  # the masking augmentation's token
     train = encode(load_glue(spec, "train"), tok, max_length)
     dev = encode(load_glue(spec, "dev"), tok, max_length)
     if Path(cache_path).is_file():
@@ -178,6 +180,7 @@ def train_stage(model, stage: str, steps: int, budget: Budget, train, dev, cache
     rep_w = budget.rep_weight if stage == "rate" else 0.0
     mode = "rate" if stage == "rate" else "equilibrium"
     data = batches_forever(train, budget.batch_size, budget.seed + (0 if stage == "rate" else 1))
+    generator = torch.Generator().manual_seed(budget.seed)
     history, best, best_state = [], None, None
     if stage == "spike" and initial is not None:
         history.append({"step": 0, "accuracy": initial})
@@ -187,8 +190,17 @@ def train_stage(model, stage: str, steps: int, budget: Budget, train, dev, cache
     running = None
     for step in range(1, steps + 1):
         b = next(data)
+        augmented = stage == "rate" and budget.augment_mask > 0
+        if augmented:
+            b = mask_inner_tokens(b, budget.augment_mask, teacher.config.mask_id, generator)
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], mode=mode, t_conv=budget.train_t)
-        loss = soft_ce(out.logits, cache["train"][b["index"]])
+        if augmented:
+            with torch.no_grad():
+                target = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                 token_type_ids=b["token_type_ids"]).logits.float()
+        else:
+            target = cache["train"][b["index"]]
+        loss = soft_ce(out.logits, target)
         if rep_w > 0:
             loss = loss + rep_w * hidden_kd(out, teacher, b, layer_map)
         opt.zero_grad(set_to_none=True)

@@ -202,3 +202,17 @@ def length_bucketed_batches(encoded: EncodedDataset, batch_size: int, shuffle: b
     float for regression; absent for unlabelled data). The result is re-iterable and has ``len()``.
     """
     return LengthBucketedBatches(encoded, batch_size, shuffle, **options)
+
+
+def mask_inner_tokens(batch: dict, probability: float, mask_id: int, generator: torch.Generator) -> dict:
+    """A copy of a right-padded ``batch`` in which each valid token other than a row's first and
+    last ([CLS], [SEP]) is replaced by ``mask_id`` with ``probability``: perturbed sentences for
+    distillation, which the teacher labels as it sees them (Tang et al. 2019's masking)."""
+    if not 0.0 <= probability < 1.0:
+        raise ValueError(f"masking probability must be in [0, 1), got {probability}")
+    ids, valid = batch["input_ids"], batch["attention_mask"].bool()
+    positions = torch.arange(ids.shape[1])[None]
+    inner = valid & (positions > 0) & (positions < valid.sum(-1, keepdim=True) - 1)
+    hit = inner & (torch.rand(ids.shape, generator=generator) < probability)
+    return {**batch, "input_ids": ids.masked_fill(hit, mask_id)}
+

@@ -47,7 +47,7 @@ from lava_spikingbert.model.inference import predict_batches_at
 from lava_spikingbert.model.loihi import HOST_EMBEDDINGS, LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import attach_weight_quantizers
 from lava_spikingbert.model.student import load_student, profile_of
-from training.batching import EncodedDataset, length_bucketed_batches
+from training.batching import EncodedDataset, length_bucketed_batches, mask_inner_tokens
 from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state)
 from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
@@ -89,6 +89,7 @@ class StageSettings:
     logit_weight: float = 0.0  # internal-layer stages: + logit_weight * soft CE on the teacher's logits
     eval_start: bool = False  # prediction stage: the starting weights are a best-of-dev candidate (step 0)
     embed_lr: float | None = None  # learning rate of the host embeddings (None: lr)
+    augment_mask: float = 0.0  # internal-layer stages: each inner token masked with this probability
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -104,6 +105,10 @@ class StageSettings:
                              f"{self.att_weight}, {self.rep_weight}")
         if self.logit_weight < 0:
             raise ValueError(f"logit_weight must be >= 0, got {self.logit_weight}")
+        if not 0.0 <= self.augment_mask < 1.0:
+            raise ValueError(f"augment_mask must be in [0, 1), got {self.augment_mask}")
+        if self.augment_mask and self.stage == "prediction":
+            raise ValueError("augment_mask applies to the internal-layer stages (general, intermediate) only")
 
 
 # settings that change how a run is watched or cut into calls, not the weights it ends with
@@ -519,6 +524,11 @@ class StageRun:
         loihi = self.profile == "loihi"
         rate_mode = "rate" if loihi else "steady_state"
         mode = "equilibrium" if settings.forward == "spiking" else rate_mode
+        if settings.augment_mask:  # the same masks on a resumed run: seeded by stage, step and rank
+            g = torch.Generator().manual_seed(settings.seed * 1_000_003 + STAGES.index(settings.stage) * 100_003
+                                              + self.step * 101 + self.dist.rank)
+            batch = mask_inner_tokens(batch, settings.augment_mask, self._mask_id(), g)
+            mask = batch["attention_mask"]
         out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=settings.t_conv)
         t_out = teacher_outputs(self.teacher, batch) if self.needs_teacher else None
         if settings.stage == "prediction":
@@ -548,6 +558,12 @@ class StageRun:
         self.optimizer.step()
         self.scheduler.step()
         return loss.item(), parts
+
+    def _mask_id(self) -> int:
+        mask_id = getattr(self.tokenizer, "mask_token_id", None)
+        if mask_id is None:
+            raise SpikingBertError(f"stage {self.settings.stage}: augment_mask needs a tokenizer with a mask token")
+        return int(mask_id)
 
     def checkpoint_state(self) -> dict:
         return {"settings": asdict(self.settings), "world_size": self.dist.world_size, "step": self.step,

@@ -70,6 +70,9 @@ class Budget:
     general_limit: int | None = None  # sentences of the general-KD corpus
     teacher_limit: int | None = None
     dev_limit: int | None = None
+    # masking augmentation of the internal-layer stage (``StageSettings.augment_mask``): the longer
+    # budgets see the training set several times over, and the teacher labels each perturbed sentence
+    intermediate_mask: float = 0.0
 
 
 BUDGETS = {
@@ -99,7 +102,7 @@ LOIHI_BUDGETS = {
     "default": Budget(teacher_epochs=1, general_steps=500, intermediate_steps=3500, prediction_steps=600,
                       train_t_conv=16, eval_every=100),
     "full": Budget(teacher_epochs=3, general_steps=2000, intermediate_steps=12000, prediction_steps=2400,
-                   train_t_conv=16, eval_every=200),
+                   train_t_conv=16, eval_every=200, intermediate_mask=0.15),
 }
 PROFILE_BUDGETS = {"paper": BUDGETS, "loihi": LOIHI_BUDGETS}
 # per profile: student depth and deployed weights when not given
@@ -125,7 +128,8 @@ def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
     lr = {"general": 1e-4, "intermediate": 1e-4, "prediction": 5e-5}[stage]
     base = StageSettings(stage=stage, max_steps=steps, batch_size=budget.batch_size, lr=lr,
                          t_conv=budget.train_t_conv, checkpoint_every=max(1, min(100, steps // 4)),
-                         eval_every=budget.eval_every if stage == "prediction" else 0)
+                         eval_every=budget.eval_every if stage == "prediction" else 0,
+                         augment_mask=budget.intermediate_mask if stage == "intermediate" else 0.0)
     settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if stage == "intermediate" and settings.forward == "rate_ann" and overrides.get("logit_weight") is None:
         settings = replace(settings, logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT)

@@ -519,3 +519,23 @@ def test_real_sst2_dev():
     labels = [e.label for e in dev]
     assert labels.count(0) == 428 and labels.count(1) == 444
     assert all(e.text_a and e.text_b is None for e in dev)
+
+
+def test_masking_spares_cls_sep_and_padding_and_follows_its_generator():
+    ids = torch.tensor([[101, 5, 6, 7, 8, 9, 102, 0], [101, 11, 102, 0, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    out = batching.mask_inner_tokens(batch, 0.99, 103, torch.Generator().manual_seed(0))
+    changed = out["input_ids"] != ids
+    inner = torch.tensor([[0, 1, 1, 1, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert not (changed & ~inner).any()  # [CLS], [SEP] and padding untouched
+    assert changed.sum() >= 4 and (out["input_ids"][changed] == 103).all()
+    assert torch.equal(out["attention_mask"], mask) and torch.equal(batch["input_ids"], ids)  # a copy
+    again = batching.mask_inner_tokens(batch, 0.99, 103, torch.Generator().manual_seed(0))
+    assert torch.equal(again["input_ids"], out["input_ids"])
+    assert torch.equal(batching.mask_inner_tokens(batch, 0.0, 103, torch.Generator())["input_ids"], ids)
+    big = {"input_ids": torch.full((64, 40), 7), "attention_mask": torch.ones(64, 40, dtype=torch.long)}
+    rate = (batching.mask_inner_tokens(big, 0.15, 103, torch.Generator().manual_seed(1))["input_ids"] == 103).float()
+    assert 0.12 < rate[:, 1:-1].mean() < 0.18 and rate[:, 0].sum() == 0 and rate[:, -1].sum() == 0
+    with pytest.raises(ValueError, match="masking probability"):
+        batching.mask_inner_tokens(batch, 1.0, 103, torch.Generator())

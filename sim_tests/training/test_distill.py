@@ -100,6 +100,10 @@ def test_internal_loss_weights(setup, tmp_path):
     assert torch.equal(SpikingBert.from_pretrained(tmp_path / "att_only" / "final").fit_dense.weight, before)
     with pytest.raises(ValueError, match="rep_weight"):
         StageSettings(stage="intermediate", max_steps=2, att_weight=0.0, rep_weight=0.0)
+    with pytest.raises(ValueError, match="augment_mask must be in"):
+        StageSettings(stage="intermediate", max_steps=2, augment_mask=1.0)
+    with pytest.raises(ValueError, match="internal-layer stages"):
+        StageSettings(stage="prediction", max_steps=2, augment_mask=0.1)
 
 
 def test_stage_forward_of_the_pipeline_choices():

@@ -31,8 +31,9 @@ def new_loihi_student(teacher, train) -> LoihiSpikingMixer:
 def test_loihi_stages_train_and_resume_to_the_same_weights(setup, tmp_path):
     teacher, tok, spec, train, dev = setup
     # internal-layer stage (rate ANN, hidden-state KD + soft CE on the teacher's logits)
+    # masking augmentation on: a resumed run must draw the same masks as an uninterrupted one
     settings = StageSettings(stage="intermediate", max_steps=6, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2,
-                             forward="rate_ann", att_weight=0.0, logit_weight=1.0, embed_lr=1e-4)
+                             forward="rate_ann", att_weight=0.0, logit_weight=1.0, embed_lr=1e-4, augment_mask=0.3)
     ref = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "ref", tokenizer=tok,
                     progress=False)
     done = json.loads((tmp_path / "ref" / "stage_done.json").read_text())
@@ -48,6 +49,10 @@ def test_loihi_stages_train_and_resume_to_the_same_weights(setup, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    unmasked = run_stage(StageSettings(**{**settings.__dict__, "augment_mask": 0.0}), new_loihi_student(teacher, train),
+                         teacher, train, tmp_path / "unmasked", tokenizer=tok, progress=False)
+    c = load_student(unmasked.final_dir).state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the masks changed what was learned
     start = load_student(ref.final_dir)
     # prediction stage: spiking, int8 QAT, best of dev with the starting weights as candidate (step 0)
     pred = StageSettings(stage="prediction", max_steps=4, batch_size=8, lr=1e-4, t_conv=4, eval_every=2,
