@@ -7,10 +7,11 @@ training file and the file it is reported on; columns ``sentence`` and ``label``
 
 * accuracy of the teacher, of the spiking student at each ``--t`` (default 16; the simulation the
   model is evaluated with), and the student's agreement with the teacher's predictions;
-* accuracy of the student's rate ANN (``mode="steady_state"``: every population's steady-state
-  map ``a = g(F(a_in))`` chained from the embeddings, no spikes). The spiking network does not
-  converge to this ANN: LayerNorm, softmax and GELU act on instantaneous spikes, and the rate of
-  f(spikes) is not f(rate) (``benchmarks/convergence.py`` measures the per-population residual).
+* accuracy of the student's rate ANN (every population's steady-state map ``a = g(F(a_in))``
+  chained from the embeddings, no spikes; either profile, ``model.student.rate_ann_mode``). In the
+  paper profile the spiking network does not converge to this ANN: LayerNorm, softmax and GELU act
+  on instantaneous spikes, and the rate of f(spikes) is not f(rate) (``benchmarks/convergence.py``
+  measures the per-population residual).
 
 Why: if the student agrees with the teacher much less on the sentences it was trained on than a
 generalisation gap would explain, the limit is fitting (the model and its training), not data.
@@ -33,13 +34,15 @@ import _common as C
 
 @torch.no_grad()
 def rate_ann_predictions(model, encoded, batch_size: int) -> np.ndarray:
-    """Argmax of the student's rate ANN (``steady_state`` mode) in the order of ``encoded``."""
+    """Argmax of the student's rate ANN in the order of ``encoded``."""
+    from lava_spikingbert.model.student import rate_ann_mode
     from training.batching import length_bucketed_batches
 
     model.eval()
+    mode = rate_ann_mode(model)
     preds = np.zeros(len(encoded), dtype=np.int64)
     for b in length_bucketed_batches(encoded, batch_size, shuffle=False):
-        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], mode="steady_state")
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], mode=mode)
         preds[b["index"].numpy()] = out.logits.argmax(-1).numpy()
     return preds
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--train-file and --data-file go together")
     C.setup_torch(args.threads)
 
-    from lava_spikingbert.model.encoder import SpikingBert
+    from lava_spikingbert.model.student import load_student
     from training.batching import encode
     from training.distill import evaluate_student_at
     from training.pipeline_data import CustomFiles
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec = get_task("sst2")
         glue = C.glue_dir(args.glue_dir)
         train, dev = load_glue(spec, "train", glue), load_glue(spec, "dev", glue)
-    student = SpikingBert.from_pretrained(args.model)
+    student = load_student(args.model)
     teacher, tokenizer = load_teacher(args.teacher, num_labels=spec.num_labels)
     if not 0 < args.train_n <= len(train):
         raise SystemExit(f"--train-n must be in 1..{len(train)}, got {args.train_n}")

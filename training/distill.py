@@ -46,7 +46,7 @@ from lava_spikingbert.model.encoder import SpikingBert
 from lava_spikingbert.model.inference import predict_batches_at
 from lava_spikingbert.model.loihi import HOST_EMBEDDINGS, LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import attach_weight_quantizers
-from lava_spikingbert.model.student import load_student, profile_of
+from lava_spikingbert.model.student import load_student, profile_of, rate_ann_mode
 from training.batching import EncodedDataset, length_bucketed_batches, mask_inner_tokens
 from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state)
@@ -522,8 +522,7 @@ class StageRun:
         settings, student = self.settings, self.student
         mask = batch["attention_mask"]
         loihi = self.profile == "loihi"
-        rate_mode = "rate" if loihi else "steady_state"
-        mode = "equilibrium" if settings.forward == "spiking" else rate_mode
+        mode = "equilibrium" if settings.forward == "spiking" else rate_ann_mode(student)
         if settings.augment_mask:  # the same masks on a resumed run: seeded by stage, step and rank
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + STAGES.index(settings.stage) * 100_003
                                               + self.step * 101 + self.dist.rank)

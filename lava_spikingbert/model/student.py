@@ -14,6 +14,8 @@ from lava_spikingbert.model.encoder import SpikingBert
 from lava_spikingbert.model.loihi import LoihiSpikingMixer
 
 STUDENT_CLASSES = {"paper": SpikingBert, "loihi": LoihiSpikingMixer}
+# the forward ``mode`` that runs each profile's rate ANN (the steady-state map chained, no spikes)
+RATE_ANN_MODES = {"paper": "steady_state", "loihi": "rate"}
 
 
 def load_student(path: str | Path, **config_overrides) -> SpikingBert | LoihiSpikingMixer:
@@ -28,3 +30,9 @@ def profile_of(model) -> str:
         if isinstance(model, cls):
             return profile
     raise TypeError(f"not a student model: {type(model).__name__}")
+
+
+def rate_ann_mode(model) -> str:
+    """The forward ``mode`` of a student model object's rate ANN."""
+    return RATE_ANN_MODES[profile_of(model)]
+

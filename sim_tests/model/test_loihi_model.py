@@ -248,6 +248,16 @@ def test_checkpoint_records_profile_and_load_student_dispatches(tmp_path):
     assert "profile" not in json.loads((tmp_path / "paper" / "config.json").read_text())
     assert read_profile(tmp_path / "paper") == "paper"
     assert isinstance(load_student(tmp_path / "paper"), SpikingBert)
+    # each profile's rate ANN: its model accepts the mode, and the loihi one is the steady-state map chained
+    from lava_spikingbert.model.student import RATE_ANN_MODES, rate_ann_mode
+
+    assert set(RATE_ANN_MODES) == set(PROFILES)
+    paper = load_student(tmp_path / "paper")
+    paper(ids, mask, mode=rate_ann_mode(paper))
+    rate_logits = loaded(ids, mask, mode=rate_ann_mode(loaded)).logits
+    current, valid = loaded.margined_current(ids, mask, None)
+    last = loaded.steady_state(current).asr[f"layer{loaded.config.num_layers - 1}.out"]
+    assert torch.allclose(rate_logits, loaded.readout(last, valid))
     # a checkpoint of one profile is refused where the other is needed, naming the file
     with pytest.raises(ConfigError, match=r"loihi/config.json: a 'loihi'-profile checkpoint"):
         SpikingBert.from_pretrained(tmp_path / "loihi")
