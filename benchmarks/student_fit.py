@@ -16,6 +16,9 @@ training file and the file it is reported on; columns ``sentence`` and ``label``
 Why: if the student agrees with the teacher much less on the sentences it was trained on than a
 generalisation gap would explain, the limit is fitting (the model and its training), not data.
 
+Also per token-length bucket (``LENGTH_EDGES``): the dev sentences are about twice as long as the
+training phrases on SST-2, so the buckets separate a length effect from a fitting one.
+
 Output: a table, and ``--json`` with every number.
 """
 
@@ -30,6 +33,9 @@ import numpy as np
 import torch
 
 import _common as C
+
+
+LENGTH_EDGES = (0, 15, 30)  # token-count buckets ([CLS] and [SEP] included): short, medium, long sentences
 
 
 @torch.no_grad()
@@ -96,10 +102,21 @@ def main(argv: list[str] | None = None) -> dict:
              "teacher_accuracy": float((teacher_pred == labels).mean())}
         cells = [split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}"]
 
+        lengths = enc.lengths
+        buckets = {f"{lo}-{hi - 1}" if hi < 10**6 else f">={lo}": (lengths >= lo) & (lengths < hi)
+                   for lo, hi in zip(LENGTH_EDGES, LENGTH_EDGES[1:] + (10**6,))}
+        r["sentences_by_length"] = {k: int(m.sum()) for k, m in buckets.items()}
+        r["teacher_accuracy_by_length"] = {k: float((teacher_pred == labels)[m].mean()) if m.any() else None
+                                           for k, m in buckets.items()}
+
         def score(name: str, pred: np.ndarray, wall_s: float, **extra) -> dict:
-            d = {"accuracy": float((pred == labels).mean()),
-                 "agreement_with_teacher": float((pred == teacher_pred).mean()), "wall_s": wall_s, **extra}
-            rows.append([*cells, name, f"{100 * d['accuracy']:.2f}", f"{100 * d['agreement_with_teacher']:.2f}"])
+            right = pred == labels
+            d = {"accuracy": float(right.mean()),
+                 "agreement_with_teacher": float((pred == teacher_pred).mean()), "wall_s": wall_s,
+                 "accuracy_by_length": {k: float(right[m].mean()) if m.any() else None for k, m in buckets.items()},
+                 **extra}
+            rows.append([*cells, name, f"{100 * d['accuracy']:.2f}", f"{100 * d['agreement_with_teacher']:.2f}",
+                         " / ".join("-" if v is None else f"{100 * v:.1f}" for v in d["accuracy_by_length"].values())])
             return d
 
         t0 = time.perf_counter()
@@ -113,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
                                          simulated_steps=ev["simulated_steps"])
         results[split] = r
 
-    print(C.table(["split", "n", "tokens", "teacher %", "student", "student %", "agrees with teacher %"], rows))
+    edges = " / ".join(f"{lo}-{hi - 1}" for lo, hi in zip(LENGTH_EDGES, LENGTH_EDGES[1:])) + f" / >={LENGTH_EDGES[-1]}"
+    print(C.table(["split", "n", "tokens", "teacher %", "student", "student %", "agrees with teacher %",
+                   f"student % by tokens ({edges})"], rows))
     payload = {**C.run_info(args), "model": str(args.model), "teacher": str(args.teacher),
                "train_subset_seed": args.seed, "results": results}
     C.write_json(args.json, payload)
