@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -31,15 +30,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lava_spikingbert.model.loihi import LoihiConfig, LoihiSpikingMixer
 from training.batching import encode
 from training.batching import length_bucketed_batches, mask_inner_tokens
-from training.distill import default_layer_map
+from training.distill import default_layer_map, hidden_loss, soft_cross_entropy
 from training.readers import load_glue
 from training.tasks import get_task
-from training.teacher import load_teacher
+from training.teacher import load_teacher, teacher_outputs
 
 
 # name -> LoihiConfig overrides
@@ -141,23 +139,6 @@ def schedule(optimizer, total: int, warmup: float = 0.1):
         optimizer, lambda s: (s + 1) / (w + 1) if s < w else max(0.0, (total - s) / max(1, total - w)))
 
 
-def soft_ce(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    return -(F.softmax(target_logits, -1) * F.log_softmax(logits, -1)).sum(-1).mean()
-
-
-def hidden_kd(out, teacher, batch, layer_map: list[int]) -> torch.Tensor:
-    """MSE between each tap's projection and the teacher's hidden state, on valid tokens."""
-    with torch.no_grad():
-        t = teacher.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"], output_hidden_states=True).hidden_states
-    valid = out.token_mask.bool()  # the taps hold the token positions (token j at index j)
-    L = valid.shape[1]
-    total = 0.0
-    for p, j in zip(out.projected, [0] + layer_map):
-        total = total + F.mse_loss(p[valid], t[j][:, :L][valid])
-    return total
-
-
 def batches_forever(train, batch_size: int, seed: int):
 
     epoch = 0
@@ -180,6 +161,7 @@ def train_stage(model, stage: str, steps: int, budget: Budget, train, dev, cache
     rep_w = budget.rep_weight if stage == "rate" else 0.0
     mode = "rate" if stage == "rate" else "equilibrium"
     data = batches_forever(train, budget.batch_size, budget.seed + (0 if stage == "rate" else 1))
+    augmented = stage == "rate" and budget.augment_mask > 0
     generator = torch.Generator().manual_seed(budget.seed)
     history, best, best_state = [], None, None
     if stage == "spike" and initial is not None:
@@ -190,19 +172,15 @@ def train_stage(model, stage: str, steps: int, budget: Budget, train, dev, cache
     running = None
     for step in range(1, steps + 1):
         b = next(data)
-        augmented = stage == "rate" and budget.augment_mask > 0
         if augmented:
             b = mask_inner_tokens(b, budget.augment_mask, teacher.config.mask_id, generator)
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], mode=mode, t_conv=budget.train_t)
-        if augmented:
-            with torch.no_grad():
-                target = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                 token_type_ids=b["token_type_ids"]).logits.float()
-        else:
-            target = cache["train"][b["index"]]
-        loss = soft_ce(out.logits, target)
+        # one teacher pass gives the hidden states and, for a masked batch, the logits it is labelled with
+        t_out = teacher_outputs(teacher, b) if rep_w > 0 or augmented else None
+        target = t_out.logits.float() if augmented else cache["train"][b["index"]]
+        loss = soft_cross_entropy(out.logits, target, 1.0)
         if rep_w > 0:
-            loss = loss + rep_w * hidden_kd(out, teacher, b, layer_map)
+            loss = loss + rep_w * hidden_loss(out.projected, t_out.hidden_states, layer_map, out.token_mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -16,7 +16,7 @@ training file and the file it is reported on; columns ``sentence`` and ``label``
 Why: if the student agrees with the teacher much less on the sentences it was trained on than a
 generalisation gap would explain, the limit is fitting (the model and its training), not data.
 
-Also per token-length bucket (``LENGTH_EDGES``): the dev sentences are about twice as long as the
+Also per token-length bucket (``LENGTH_BUCKETS``): the dev sentences are about twice as long as the
 training phrases on SST-2, so the buckets separate a length effect from a fitting one.
 
 Output: a table, and ``--json`` with every number.
@@ -35,7 +35,8 @@ import torch
 import _common as C
 
 
-LENGTH_EDGES = (0, 15, 30)  # token-count buckets ([CLS] and [SEP] included): short, medium, long sentences
+# token-count buckets ([CLS] and [SEP] included), name -> [low, high): short, medium, long sentences
+LENGTH_BUCKETS = {"0-14": (0, 15), "15-29": (15, 30), ">=30": (30, None)}
 
 
 @torch.no_grad()
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         cells = [split, r["n"], f"{r['mean_tokens']:.1f}", f"{100 * r['teacher_accuracy']:.2f}"]
 
         lengths = enc.lengths
-        buckets = {f"{lo}-{hi - 1}" if hi < 10**6 else f">={lo}": (lengths >= lo) & (lengths < hi)
-                   for lo, hi in zip(LENGTH_EDGES, LENGTH_EDGES[1:] + (10**6,))}
+        buckets = {k: (lengths >= lo) & (lengths < (hi if hi is not None else lengths.max() + 1))
+                   for k, (lo, hi) in LENGTH_BUCKETS.items()}
         r["sentences_by_length"] = {k: int(m.sum()) for k, m in buckets.items()}
         r["teacher_accuracy_by_length"] = {k: float((teacher_pred == labels)[m].mean()) if m.any() else None
                                            for k, m in buckets.items()}
@@ -130,9 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
                                          simulated_steps=ev["simulated_steps"])
         results[split] = r
 
-    edges = " / ".join(f"{lo}-{hi - 1}" for lo, hi in zip(LENGTH_EDGES, LENGTH_EDGES[1:])) + f" / >={LENGTH_EDGES[-1]}"
     print(C.table(["split", "n", "tokens", "teacher %", "student", "student %", "agrees with teacher %",
-                   f"student % by tokens ({edges})"], rows))
+                   f"student % by tokens ({' / '.join(LENGTH_BUCKETS)})"], rows))
     payload = {**C.run_info(args), "model": str(args.model), "teacher": str(args.teacher),
                "train_subset_seed": args.seed, "results": results}
     C.write_json(args.json, payload)

@@ -215,4 +215,3 @@ def mask_inner_tokens(batch: dict, probability: float, mask_id: int, generator: 
     inner = valid & (positions > 0) & (positions < valid.sum(-1, keepdim=True) - 1)
     hit = inner & (torch.rand(ids.shape, generator=generator) < probability)
     return {**batch, "input_ids": ids.masked_fill(hit, mask_id)}
-

@@ -527,7 +527,6 @@ class StageRun:
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + STAGES.index(settings.stage) * 100_003
                                               + self.step * 101 + self.dist.rank)
             batch = mask_inner_tokens(batch, settings.augment_mask, self._mask_id(), g)
-            mask = batch["attention_mask"]
         out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=settings.t_conv)
         t_out = teacher_outputs(self.teacher, batch) if self.needs_teacher else None
         if settings.stage == "prediction":

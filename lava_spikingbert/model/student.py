@@ -35,4 +35,3 @@ def profile_of(model) -> str:
 def rate_ann_mode(model) -> str:
     """The forward ``mode`` of a student model object's rate ANN."""
     return RATE_ANN_MODES[profile_of(model)]
-
