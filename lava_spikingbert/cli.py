@@ -145,6 +145,8 @@ def cmd_distill(args) -> int:
     if args.max_length > teacher.config.max_position_embeddings:
         raise CliError(f"--max-length {args.max_length} exceeds the teacher's position table "
                        f"({teacher.config.max_position_embeddings} positions)")
+    if args.dilations is not None and (args.student or args.profile != "loihi"):
+        raise CliError("--dilations sets up a new loihi-profile student (--profile loihi, no --student)")
     layer_map = args.layer_map
     seed_all(args.seed)  # a new student's random parts (W_Td, classifier) are reproducible
     if args.student:
@@ -162,7 +164,8 @@ def cmd_distill(args) -> int:
         if spec.is_regression:
             raise CliError(f"task {spec.name}: the loihi profile trains classifiers only")
         config = loihi_config_from_teacher(teacher.config, num_layers=args.layers or 2, t_conv=args.t_conv,
-                                           max_length=args.max_length, num_labels=spec.num_labels)
+                                           max_length=args.max_length, num_labels=spec.num_labels,
+                                           dilations=args.dilations)
         student = LoihiSpikingMixer(config)
         calibration = encode(train_ex, tokenizer, args.max_length)
         init_loihi_student(student, teacher, calibration, embeddings=args.init != "none", seed=args.seed)
@@ -251,7 +254,8 @@ def cmd_pipeline(args) -> int:
                  general_corpus=args.corpus, seed=args.seed, weights=args.weights,
                  train_forward=args.train_forward, neuron=args.neuron, profile=args.profile,
                  custom=_custom_files(args), select_on=args.select_on,
-                 holdout_fraction=HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction)
+                 holdout_fraction=HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction,
+                 dilations=args.dilations)
     if args.export and os.environ.get("RANK", "0") == "0":  # under torchrun: once, after every rank finished
         _export_after_pipeline(args)
     return 0
@@ -382,6 +386,11 @@ def _load_tokenizer(model_dir: str):
 
 
 # ------------------------------------------------------------------------------------ parser
+def add_dilations_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dilations", type=int_list, default=None, metavar="D1,D2,...",
+                   help="loihi profile, new student: each layer's token-mixing dilation (default: 1 in every layer)")
+
+
 def int_list(text: str) -> list[int]:
     """argparse type of a comma-separated list of positive integers (argparse names the flag on error)."""
     try:
@@ -467,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="layers", choices=("layers", "embeddings", "none"),
                    help="new student: copy teacher embeddings (+ mapped layers)")
     p.add_argument("--layers", type=positive_int, default=None, help="new student: layers (default: 4 paper, 2 loihi)")
+    add_dilations_arg(p)
     p.add_argument("--profile", default=None, choices=PROFILES,
                    help="new student: model profile (default paper; loihi = stock Lava processes only); "
                         "with --student it must match the checkpoint's")
@@ -549,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper = SpikingBERT's graph (default); loihi = a spiking ConvMixer of stock Lava "
                         "processes (its own budgets, 2 layers, int8 QAT by default)")
     p.add_argument("--layers", type=positive_int, default=None, help="student layers (default: 4 paper, 2 loihi)")
+    add_dilations_arg(p)
     p.add_argument("--t-conv", type=positive_int, default=16)
     add_neuron_arg(p, default="if_signed_pair")
     p.add_argument("--max-length", type=positive_int, default=64)

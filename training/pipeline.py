@@ -171,14 +171,16 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
                  eval_t: tuple[int, ...] = EVAL_T, general_corpus: str | None = None, seed: int = 42,
                  weights: str | None = None, train_forward: str = "rate_ann_warmup", neuron: str = "if_signed_pair",
                  progress: bool = True, profile: str = "paper", custom: CustomFiles | None = None,
-                 select_on: str = "dev", holdout_fraction: float = HOLDOUT_FRACTION) -> dict:
+                 select_on: str = "dev", holdout_fraction: float = HOLDOUT_FRACTION,
+                 dilations: list[int] | None = None) -> dict:
     """``num_layers`` and ``weights`` default to the profile's (``PROFILE_DEFAULTS``); ``budget``
     names one of the profile's budgets (``PROFILE_BUDGETS``); a budget named in ``ADAPTIVE_BUDGETS``
     is sized from the training set (``sized_budget``). ``custom``: the user's own files instead of a
     GLUE task (``task`` is then ignored). ``select_on``: the split the teacher's epoch and the
     prediction stage's checkpoint are chosen on, GLUE's dev split (which is also the reported one) or
     ``holdout``, a stratified share of the training set (``holdout_fraction``, at most
-    ``HOLDOUT_MAX`` sentences, drawn with ``seed``) left out of training."""
+    ``HOLDOUT_MAX`` sentences, drawn with ``seed``) left out of training. ``dilations``: the loihi
+    student's per-layer token-mixing dilations (``LoihiConfig.dilations``; None: 1 in every layer)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if profile not in PROFILE_BUDGETS:
         raise SpikingBertError(f"profile must be one of {tuple(PROFILE_BUDGETS)}, got {profile!r}")
@@ -193,6 +195,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     spec = custom.spec() if custom is not None else get_task(task)
     if profile == "loihi" and spec.is_regression:
         raise SpikingBertError(f"task {spec.name}: the loihi profile trains classifiers only")
+    if dilations is not None and profile != "loihi":
+        raise SpikingBertError("dilations: only the loihi profile mixes tokens by convolution")
     # the data is read first: the budget is sized from the training set, and the settings name the data
     train_ex = custom.load(spec, "train") if custom is not None else load_glue(spec, "train", glue_dir)
     dev_ex = custom.load(spec, "dev", limit=b.dev_limit) if custom is not None \
@@ -225,7 +229,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         "gold_labels": gold_labels, "temperature": temperature, "general_corpus": general_corpus, "seed": seed,
         "weights": weights, "train_forward": train_forward, "neuron": neuron, "profile": profile,
         "data": custom.record(spec) if custom is not None else None, "selection": selection,
-        "budget_rule": budget_rule, "data_paths": custom.paths() if custom is not None else None},
+        "budget_rule": budget_rule, "data_paths": custom.paths() if custom is not None else None,
+        "dilations": dilations},
         resume=resume, dist=dist)
     if not resume:  # --restart: nothing of the earlier run may be continued, reused or mistaken for this one's
         if dist.is_main:
@@ -279,7 +284,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
     seed_all(seed)
     if profile == "loihi":
         config = loihi_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
-                                           max_length=max_length, num_labels=spec.num_labels)
+                                           max_length=max_length, num_labels=spec.num_labels, dilations=dilations)
     else:
         config = student_config_from_teacher(base_teacher.config, num_layers=num_layers, t_conv=t_conv,
                                              max_length=max_length, num_labels=spec.num_labels,
@@ -361,7 +366,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
 
 
 # settings introduced after runs had recorded theirs, with the value those runs used
-SETTINGS_ADDED_LATER = {"neuron": "if_subtract", "profile": "paper", "data": None, "selection": {"on": "dev"}}
+SETTINGS_ADDED_LATER = {"neuron": "if_subtract", "profile": "paper", "data": None, "selection": {"on": "dev"},
+                         "dilations": None}
 # settings recorded for the reader but not compared on a resume: the budget rule's inputs follow from
 # the data (compared as "data" or the task) and its outcome is compared as "budget"; paths may move
 SETTINGS_RECORDED_ONLY = ("budget_rule", "data_paths")

@@ -814,12 +814,13 @@ LOIHI_POSITIVE_CONFIG = ("vocab_size", "max_position_embeddings", "type_vocab_si
 LOIHI_INPUT_POPULATION = EMBED
 
 
-def loihi_margin(num_layers: int, kernel_size: int, mixing: str = "bidirectional") -> int:
+def loihi_margin(num_layers: int, kernel_size: int, mixing: str = "bidirectional",
+                 dilations: list[int] | None = None) -> int:
     """Zero-input positions a sentence needs on each side (the receptive field of the last
-    population on the input): ``num_layers * (kernel_size - 1) // 2`` for bidirectional mixing;
-    causal mixing reads only to the left (``num_layers * (kernel_size - 1)``)."""
+    population on the input): per layer, ``(kernel_size - 1) // 2`` taps times that layer's dilation
+    for bidirectional mixing; causal mixing reads only to the left (``kernel_size - 1`` taps)."""
     reach = kernel_size - 1 if mixing == "causal" else (kernel_size - 1) // 2
-    return num_layers * reach
+    return reach * (sum(dilations) if dilations is not None else num_layers)
 
 
 def loihi_layout(cfg: dict) -> tuple[list[dict], list[dict]]:

@@ -63,6 +63,7 @@ from lava_spikingbert.contract.constants import (LOIHI_POOLING_BEFORE_CHOICE, LO
                                                  MIXER_LAYER_POPULATIONS, WEIGHT_MODES, pooled_width,
                                                  population_names)
 from lava_spikingbert.contract.atomic import atomic_write_text
+from lava_spikingbert.contract.model_file import loihi_margin
 from lava_spikingbert.model.checkpoint import CONFIG_NAME, load_weights, read_profile, save_model
 from lava_spikingbert.model.config import ConfigError
 from lava_spikingbert.model.encoder import NO_DROPOUT, SharedDropout
@@ -103,6 +104,9 @@ class LoihiConfig:
     intermediate_size: int = 1024  # f: width of the hidden populations
     num_layers: int = 4
     kernel_size: int = 5  # token-mixing window (odd for bidirectional mixing)
+    # per layer, the spacing of the window's taps on the token axis (None: 1 in every layer); a
+    # dilation widens a layer's reach without adding synapses
+    dilations: list[int] | None = None
     mixing: str = "bidirectional"
     max_length: int = 64  # positions of the fixed-length Lava graph (tokens incl. [CLS]/[SEP])
     t_conv: int = 16
@@ -129,6 +133,12 @@ class LoihiConfig:
         if self.mixing == "bidirectional" and self.kernel_size % 2 == 0:
             raise LoihiConfigError(f"config field 'kernel_size' must be odd for bidirectional mixing, "
                                    f"got {self.kernel_size}")
+        if self.dilations is not None:
+            if (not isinstance(self.dilations, (list, tuple)) or len(self.dilations) != self.num_layers
+                    or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in self.dilations)):
+                raise LoihiConfigError(f"config field 'dilations' must be null or {self.num_layers} positive "
+                                       f"integers (one per layer), got {self.dilations!r}")
+            self.dilations = [int(v) for v in self.dilations]
         if self.readout not in READOUTS:
             raise LoihiConfigError(f"config field 'readout' must be one of {READOUTS}, got {self.readout!r}")
         if self.rate_forward not in RATE_FORWARDS:
@@ -155,11 +165,17 @@ class LoihiConfig:
         return self.kernel_size - 1 if self.mixing == "causal" else (self.kernel_size - 1) // 2
 
     @property
+    def layer_dilations(self) -> list[int]:
+        """The token-mixing dilation of every layer."""
+        return list(self.dilations) if self.dilations is not None else [1] * self.num_layers
+
+    @property
     def margin(self) -> int:
-        """R: the reach of a valid token's cone, ``num_layers * half_window`` positions; the torch model
-        simulates R zero-input positions before the first token (and, bidirectional, after the longest
-        sentence), and a Lava row separates sentences by at least R zero-input positions."""
-        return self.num_layers * self.half_window
+        """R: the reach of a valid token's cone, ``half_window`` times the sum of the layers'
+        dilations (``contract.model_file.loihi_margin``); the torch model simulates R zero-input
+        positions before the first token (and, bidirectional, after the longest sentence), and a Lava
+        row separates sentences by at least R zero-input positions."""
+        return loihi_margin(self.num_layers, self.kernel_size, self.mixing, self.dilations)
 
     @property
     def margins(self) -> tuple[int, int]:
@@ -227,11 +243,12 @@ class LoihiOutput:
 class MixerLayer(nn.Module):
     """The synapses of one layer: token mixing (depthwise Conv), FFN (two Dense), residual (diagonal)."""
 
-    def __init__(self, config: LoihiConfig) -> None:
+    def __init__(self, config: LoihiConfig, dilation: int = 1) -> None:
         super().__init__()
         d, f, k = config.hidden_size, config.intermediate_size, config.kernel_size
         self.mixing = config.mixing
         self.kernel_size = k
+        self.dilation = dilation
         self.mix_weight = nn.Parameter(torch.empty(d, 1, k))
         self.mix_bias = nn.Parameter(torch.zeros(d))
         self.fc1 = nn.Linear(d, f)
@@ -249,9 +266,9 @@ class MixerLayer(nn.Module):
         """Depthwise convolution over the token axis of ``x`` (``... x L x d``), zero beyond the ends."""
         lead, (L, d) = x.shape[:-2], x.shape[-2:]
         y = x.reshape(-1, L, d).transpose(1, 2)
-        k = self.kernel_size
-        y = F.pad(y, (k - 1, 0) if self.mixing == "causal" else ((k - 1) // 2, (k - 1) // 2))
-        y = F.conv1d(y, self.weight_fn(self.mix_weight), self.mix_bias, groups=d)
+        span = (self.kernel_size - 1) * self.dilation  # tap j reads position l + dilation * (j - centre)
+        y = F.pad(y, (span, 0) if self.mixing == "causal" else (span // 2, span // 2))
+        y = F.conv1d(y, self.weight_fn(self.mix_weight), self.mix_bias, dilation=self.dilation, groups=d)
         return y.transpose(1, 2).reshape(*lead, L, d)
 
     def hidden_current(self, s_mix: torch.Tensor, dropout: SharedDropout = NO_DROPOUT) -> torch.Tensor:
@@ -295,7 +312,7 @@ class LoihiSpikingMixer(nn.Module):
         self.input_map = nn.Linear(e, d)
         nn.init.normal_(self.input_map.weight, std=1.0 / math.sqrt(e))
         nn.init.zeros_(self.input_map.bias)
-        self.layers = nn.ModuleList(MixerLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(MixerLayer(config, dilation) for dilation in config.layer_dilations)
         for layer in self.layers:
             for lin in (layer.fc1, layer.fc2):
                 nn.init.normal_(lin.weight, std=1.0 / math.sqrt(lin.in_features))
