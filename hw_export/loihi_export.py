@@ -124,9 +124,9 @@ def loihi_file_from_model(model: LoihiSpikingMixer, precision: str = "int8", *, 
     vth = float(c.vth)
     cfg = {k: v for k, v in c.to_dict().items() if k != "extra"}
     cfg.update(weights=precision, margin=c.margin)
-    if c.margin != loihi_margin(c.num_layers, c.kernel_size, c.mixing):  # the two sides of the contract agree
-        raise LoihiExportError(f"config margin {c.margin} differs from the model file's convention "
-                               f"{loihi_margin(c.num_layers, c.kernel_size, c.mixing)}")
+    want_margin = loihi_margin(c.num_layers, c.kernel_size, c.mixing, c.dilations)
+    if c.margin != want_margin:  # the two sides of the contract agree
+        raise LoihiExportError(f"config margin {c.margin} differs from the model file's convention {want_margin}")
     pops_l, syns_l = loihi_layout(cfg)
     quant = precision == "int8"
     quantizer = make_quantizer("int8", vth) if quant else None
@@ -141,11 +141,11 @@ def loihi_file_from_model(model: LoihiSpikingMixer, precision: str = "int8", *, 
             synapses[want["name"]] = LoihiSynapse(
                 name=want["name"], source=want["source"], target=want["target"], kind=want["kind"],
                 delay=want["delay"], weight=weight, weight_mant=mant, exponent=int(iw.exponent),
-                sign_mode=iw.sign_mode)
+                sign_mode=iw.sign_mode, dilation=want.get("dilation", 1))
         else:
             synapses[want["name"]] = LoihiSynapse(
                 name=want["name"], source=want["source"], target=want["target"], kind=want["kind"],
-                delay=want["delay"], weight=_np(w))
+                delay=want["delay"], weight=_np(w), dilation=want.get("dilation", 1))
     biases = population_biases(model)
     pops: dict[str, LoihiPopulation] = {}
     T = int(c.t_conv)

@@ -84,12 +84,12 @@ class LoihiFixedPoint:
             acc = x @ w.T
         elif syn.kind == "residual":
             acc = x * w
-        else:  # token_mix: out[l] = sum_j w[:, j] x[l + j - left]
+        else:  # token_mix: out[l] = sum_j w[:, j] x[l + D * (j - left)], D the synapse's dilation
             left = self.k - 1 if self.mixing == "causal" else (self.k - 1) // 2
             L = x.shape[1]
             acc = torch.zeros_like(x)
             for j in range(self.k):
-                off = j - left
+                off = syn.dilation * (j - left)
                 lo, hi = max(0, -off), min(L, L - off)
                 if lo < hi:
                     acc[:, lo:hi] += x[:, lo + off:hi + off] * w[:, j]

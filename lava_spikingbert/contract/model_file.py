@@ -43,8 +43,10 @@ from lava_spikingbert.contract.limits import (MAX_COMPRESSION_RATIO, MAX_DATASET
                                               MAX_TOKENIZER_FILES, config_limit_errors, plain_file_name)
 
 FORMAT = "lava-spikingbert"
-SCHEMA_VERSION = 2  # 2: the loihi profile's readout pooling (config "readout"); a version-1 file pools by the mean
-READABLE_SCHEMA_VERSIONS = (1, 2)
+# 2: the loihi profile's readout pooling (config "readout"); a version-1 file pools by the mean.
+# 3: the loihi profile's per-layer token-mixing dilations (config "dilations"); older files have none
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 PROFILES = ("paper", "loihi")  # the model profiles (checkpoints record theirs in config.json too)
 DEFAULT_PROFILE = "paper"  # the profile of files written before the attribute existed
 
@@ -830,6 +832,7 @@ def loihi_layout(cfg: dict) -> tuple[list[dict], list[dict]]:
     synapse from depth a into depth b gets ``delay = b - a - 1`` (the residual ``mix -> out``
     skips ``hidden``), so all inputs of a population are aligned."""
     d, f, n, k = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_layers"]), int(cfg["kernel_size"])
+    dilations = cfg.get("dilations") or [1] * n
     pops = [{"name": EMBED, "width": d, "depth": 0, "layer": -1}]
     syns: list[dict] = []
     x = EMBED
@@ -838,7 +841,8 @@ def loihi_layout(cfg: dict) -> tuple[list[dict], list[dict]]:
         widths = {"mix": d, "hidden": f, "out": d}
         pops += [{"name": p + name, "width": widths[name], "depth": 3 * i + 1 + j, "layer": i}
                  for j, name in enumerate(MIXER_LAYER_POPULATIONS)]
-        syns += [{"name": p + "mix", "source": x, "target": p + "mix", "kind": "token_mix", "shape": (d, k), "delay": 0},
+        syns += [{"name": p + "mix", "source": x, "target": p + "mix", "kind": "token_mix", "shape": (d, k), "delay": 0,
+                  "dilation": int(dilations[i])},
                  {"name": p + "fc1", "source": p + "mix", "target": p + "hidden", "kind": "channel", "shape": (f, d),
                   "delay": 0},
                  {"name": p + "fc2", "source": p + "hidden", "target": p + "out", "kind": "channel", "shape": (d, f),
@@ -884,6 +888,7 @@ class LoihiSynapse:
     exponent: int | None = None  # weight = weight_mant * 2**exponent * vth (the torch int8 grid)
     weight_exp: int | None = None  # = exponent + scale_exp of the target population
     sign_mode: str | None = None
+    dilation: int = 1  # token_mix: tap j of position l reads position l + dilation * (j - centre)
 
 
 @dataclass
@@ -1064,9 +1069,19 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
         r.fail("/config field 'vth'", f"must be a positive finite number, got {cfg['vth']!r}")
     if cfg["weights"] != precision:
         r.fail("/config field 'weights'", f"{cfg['weights']!r} differs from the file precision {precision!r}")
-    want_margin = loihi_margin(cfg["num_layers"], cfg["kernel_size"], cfg["mixing"])
+    dilations = cfg.get("dilations")
+    if dilations is not None:
+        if (not isinstance(dilations, list) or len(dilations) != cfg["num_layers"]
+                or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in dilations)):
+            r.fail("/config field 'dilations'", f"must be null or {cfg['num_layers']} positive integers (one per "
+                                                f"layer), got {dilations!r}")
+        if version < 3 and any(v != 1 for v in dilations):
+            r.fail("/config field 'dilations'", f"{dilations} needs schema version 3 (version {version} has no "
+                                                "dilations)")
+    want_margin = loihi_margin(cfg["num_layers"], cfg["kernel_size"], cfg["mixing"], dilations)
     if cfg["margin"] != want_margin:
-        r.fail("/config field 'margin'", f"{cfg['margin']}, expected {want_margin} from num_layers, kernel_size, mixing")
+        r.fail("/config field 'margin'", f"{cfg['margin']}, expected {want_margin} from num_layers, kernel_size, "
+                                         "mixing, dilations")
     provenance = _read_provenance(r)
     tokenizer_files = _read_tokenizer(r)
     d, e = cfg["hidden_size"], cfg["embed_size"]
@@ -1133,7 +1148,7 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
             r.fail(f"{base} attribute 'mode'", f"{mode!r} differs from precision {precision!r}")
         weight = r.dataset(f"{base}/weight", np.float32, want["shape"], finite=True)
         s = LoihiSynapse(name=want["name"], source=want["source"], target=want["target"], kind=want["kind"],
-                         delay=delay, weight=weight)
+                         delay=delay, weight=weight, dilation=want.get("dilation", 1))
         if quant:
             s.weight_mant = r.dataset(f"{base}/weight_mant", np.int16, want["shape"])
             s.exponent = r.attr(sg, "exponent", int)

@@ -6,7 +6,7 @@ index ``l * width + c``), every synapse one stock ``lava.proc.sparse`` process:
 ============  ==============================================  =========================
 synapse kind  matrix                                          process
 ============  ==============================================  =========================
-token_mix     banded: block (l, l + j - left) = diag(w[:, j])  ``Sparse``
+token_mix     banded: block (l, l + D*(j - left)) = diag(w[:, j])  ``Sparse`` (D: the layer's dilation)
 channel       block-diagonal ``kron(I_L, W)``                  ``Sparse``
 residual      diagonal ``kron(I_L, diag(w))``                  ``DelaySparse`` (delay 1)
 ============  ==============================================  =========================
@@ -108,7 +108,7 @@ def synapse_matrix(syn: LoihiSynapse, n_tokens: int, fixed: bool, mixing: str) -
             if not np.any(w[:, j]):
                 continue
             for l in range(L):
-                src = l + j - left
+                src = l + syn.dilation * (j - left)
                 if 0 <= src < L:
                     rows.append(l * C + c)
                     cols.append(src * C + c)

@@ -13,7 +13,7 @@ import torch
 from hw_export.loihi_export import LoihiExportError, export_loihi, loihi_file_from_model, model_from_loihi_file
 from hw_export.loihi_fixed_point import LoihiFixedPoint, float_reference
 from lava_spikingbert.cli import main as cli_main
-from lava_spikingbert.contract.model_file import (LoihiModelFile, ModelFileError, loihi_range_problems,
+from lava_spikingbert.contract.model_file import (SCHEMA_VERSION, LoihiModelFile, ModelFileError, loihi_range_problems,
                                                   model_file_profile, read_model_file)
 from lava_spikingbert.model.checkpoint import read_profile, save_model
 from lava_spikingbert.model.loihi import LoihiConfig, LoihiSpikingMixer
@@ -80,7 +80,7 @@ def test_file_readout_is_the_models(tmp_path, readout):
     mf = export_loihi(model, "fp32", tmp_path / "m.h5")
     assert mf.pooling == readout and mf.classifier_weight.shape[1] == (2 if readout == "mean_max" else 1) * 12
     with h5py.File(tmp_path / "m.h5", "r") as f:
-        assert f.attrs["schema_version"] == 2 and readout.replace("_", "_and_") in f["readout"].attrs["pooling"]
+        assert f.attrs["schema_version"] == SCHEMA_VERSION and readout.replace("_", "_and_") in f["readout"].attrs["pooling"]
     ids, types = sentences()
     ref = float_reference(mf, ids, types)
     for sentence_ids, counts, logits in zip(ids, ref.counts, ref.logits):
@@ -106,6 +106,40 @@ def test_fixed_reference_follows_the_float_model_of_the_same_weights():
             differ += int((a[name] != b[name]).sum())
             assert a[name].sum() > 0, f"{name} silent"
     assert differ / total < 0.02
+
+
+def test_dilated_model_round_trips_and_its_fixed_reference_follows_it(tmp_path):
+    """A model with per-layer dilations: the file records them (schema 3) with the margin they
+    imply, the float model rebuilt from the file is the torch int8 model, and the integer reference
+    (whose token mixing reads the file's dilations) follows it."""
+    model = active_model(dilations=[2, 3])
+    mf = export_loihi(model, "int8", tmp_path / "m.h5")
+    assert mf.config["dilations"] == [2, 3] and mf.margin == (2 + 3) * (3 - 1) // 2
+    assert [mf.synapses[f"layer{i}.mix"].dilation for i in range(2)] == [2, 3]
+    assert mf.schema_version == 3
+    ids = torch.tensor([[3, 9, 4, 7, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12]])
+    mask = (ids != 0).long()
+    model.set_weights("int8")
+    with torch.no_grad():
+        a = model(ids, mask, mode="simulate").activity.spike_counts
+        b = model_from_loihi_file(mf)(ids, mask, mode="simulate").activity.spike_counts
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    w = sentences()
+    fixed = LoihiFixedPoint(mf).run(*w)
+    flt = float_reference(mf, *w)
+    total = differ = 0
+    for x, y in zip(fixed.counts, flt.counts):
+        for name in x:
+            total += x[name].size
+            differ += int((x[name] != y[name]).sum())
+    assert differ / total < 0.02
+    # control: the same weights read without dilations are a different network
+    undilated = LoihiFixedPoint(mf)
+    for s in undilated.mf.synapses.values():
+        s.dilation = 1
+    wd = undilated.run(*w)
+    assert any(not np.array_equal(x[name], y[name]) for x, y in zip(fixed.counts, wd.counts) for name in x)
 
 
 def test_export_refuses_out_of_range_models():
@@ -152,6 +186,16 @@ def _corrupt(path, fn):
     (lambda f: f["config"].attrs.__setitem__("json", json.dumps({**json.loads(f["config"].attrs["json"]), "margin": 1})),
      r"/config field 'margin': 1, expected 2"),
     (lambda f: f.attrs.__setitem__("profile", "mystery"), r"/ attribute 'profile': must be one of"),
+    (lambda f: f["config"].attrs.__setitem__("json", json.dumps({**json.loads(f["config"].attrs["json"]),
+                                                                  "dilations": [1, 0]})),
+     r"/config field 'dilations': must be null or 2 positive integers"),
+    (lambda f: f["config"].attrs.__setitem__("json", json.dumps({**json.loads(f["config"].attrs["json"]),
+                                                                  "dilations": [1, 2]})),
+     r"/config field 'margin': 2, expected 3 from num_layers, kernel_size, mixing, dilations"),
+    (lambda f: (f["config"].attrs.__setitem__("json", json.dumps({**json.loads(f["config"].attrs["json"]),
+                                                                   "dilations": [1, 2], "margin": 3})),
+                f.attrs.__setitem__("schema_version", 2)),
+     r"/config field 'dilations': \[1, 2\] needs schema version 3"),
     (lambda f: f["synapses/layer0.res"].attrs.__setitem__("delay", 0), r"/synapses/layer0\.res attribute 'delay'"),
     (lambda f: f["populations/layer0.out"].attrs.__setitem__("reset_offset", 0),
      r"/populations/layer0\.out attribute 'reset_offset'"),

@@ -36,6 +36,11 @@ def int8_file():
     return mf
 
 
+@pytest.fixture(scope="module")
+def dilated_int8_file():
+    return loihi_file_from_model(active_model(dilations=[2, 3]), "int8")
+
+
 @pytest.mark.parametrize("tag", ["fixed_pt", "floating_pt"])
 def test_only_stock_processes_between_input_and_readout(int8_file, tag):
     mf = int8_file
@@ -78,8 +83,9 @@ def test_stock_check_flags_a_custom_process_inside_the_graph(int8_file, tmp_path
                                                           "HostCurrent")
 
 
-def test_fixed_pt_counts_equal_the_bit_accurate_reference(int8_file):
-    mf = int8_file
+@pytest.mark.parametrize("which", ["int8_file", "dilated_int8_file"])
+def test_fixed_pt_counts_equal_the_bit_accurate_reference(which, request):
+    mf = request.getfixturevalue(which)
     ids, types = sentences()
     rows = plan_rows(mf, ids, types, "fixed_pt", row_tokens=2 * mf.margin + sum(len(i) + mf.margin for i in ids))
     assert rows.n_rows == 1  # every sentence in one row, margin-separated

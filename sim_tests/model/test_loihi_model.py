@@ -36,6 +36,29 @@ def test_config_validation():
     assert LoihiConfig(kernel_size=4, mixing="causal").half_window == 3
 
 
+@pytest.mark.parametrize("mixing", ["bidirectional", "causal"])
+def test_dilated_mixing_reads_spaced_taps(mixing):
+    """Tap j of a layer with dilation D reads position l + D * (j - centre), zero beyond the ends;
+    the config refuses dilations that are not one positive integer per layer."""
+    model = tiny(num_layers=2, kernel_size=3, mixing=mixing, dilations=[1, 4])
+    layer = model.layers[1]
+    d, L = model.config.hidden_size, 17
+    with torch.no_grad():
+        layer.mix_bias.zero_()
+        layer.mix_weight.copy_(torch.tensor([1.0, 10.0, 100.0]).expand(d, 1, 3))
+        x = torch.zeros(1, L, d)
+        x[0, 7] = 1.0  # one active position
+        y = layer.mix_current(x)[0, :, 0]
+    centre = 2 if mixing == "causal" else 1
+    want = torch.zeros(L)
+    for j, w in enumerate([1.0, 10.0, 100.0]):
+        want[7 - 4 * (j - centre)] = w  # out[l] gets tap j where l + 4 * (j - centre) = 7
+    torch.testing.assert_close(y, want)
+    for bad in ([1], [1, 0], [1, 2.5], "1,2"):
+        with pytest.raises(LoihiConfigError, match="dilations"):
+            LoihiConfig(num_layers=2, dilations=bad)
+
+
 def test_shapes_and_taps():
     model = tiny().eval()
     ids, mask = batch([5, 9, 3])
@@ -92,20 +115,22 @@ def pack_row(model, ids, mask, lengths, gap):
     return model.simulate(torch.cat(pieces)[None], 16).spike_counts, starts
 
 
-@pytest.mark.parametrize("mixing", ["bidirectional", "causal"])
-def test_margins_make_packed_rows_exact(mixing):
+@pytest.mark.parametrize("mixing,dilations", [("bidirectional", None), ("causal", None), ("bidirectional", [1, 3, 2]),
+                                              ("causal", [2, 1, 1])])
+def test_margins_make_packed_rows_exact(mixing, dilations):
     """The margin convention: sentences simulated one per row (R zero-input positions before the
     first token, R after the longest) give, at every valid position of every population, the spike
     counts of the same sentences packed into one long row with R zero-input positions between them
     and at both ends; and a sentence alone gives the counts and logits it gets in a padded batch."""
-    model = tiny(mixing=mixing).eval()
+    model = tiny(mixing=mixing, dilations=dilations).eval()
     c = model.config
     lengths = [6, 2, 11]
     ids, mask = batch(lengths)
     model.calibrate_(ids, mask)  # non-zero biases: zero-input positions are then not silent
     left, right = c.margins
     R = c.margin
-    assert R == c.num_layers * ((c.kernel_size - 1) if mixing == "causal" else (c.kernel_size - 1) // 2)
+    assert R == (sum(dilations) if dilations else c.num_layers) * (
+        (c.kernel_size - 1) if mixing == "causal" else (c.kernel_size - 1) // 2)
     assert (left, right) == ((R, 0) if mixing == "causal" else (R, R))
     out = model(ids, mask, t_conv=16)
     assert out.attention_mask.shape[1] == left + max(lengths) + right
