@@ -816,13 +816,28 @@ LOIHI_POSITIVE_CONFIG = ("vocab_size", "max_position_embeddings", "type_vocab_si
 LOIHI_INPUT_POPULATION = EMBED
 
 
+def loihi_dilation_problem(dilations: Any, num_layers: int) -> str | None:
+    """Why ``dilations`` is not a valid per-layer dilation list (None: valid; null means 1 everywhere)."""
+    if dilations is None:
+        return None
+    if (not isinstance(dilations, (list, tuple)) or len(dilations) != num_layers
+            or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in dilations)):
+        return f"must be null or {num_layers} positive integers (one per layer), got {dilations!r}"
+    return None
+
+
+def loihi_layer_dilations(num_layers: int, dilations: list[int] | None) -> list[int]:
+    """Every layer's token-mixing dilation (null: 1 in every layer)."""
+    return [int(v) for v in dilations] if dilations is not None else [1] * num_layers
+
+
 def loihi_margin(num_layers: int, kernel_size: int, mixing: str = "bidirectional",
                  dilations: list[int] | None = None) -> int:
     """Zero-input positions a sentence needs on each side (the receptive field of the last
     population on the input): per layer, ``(kernel_size - 1) // 2`` taps times that layer's dilation
     for bidirectional mixing; causal mixing reads only to the left (``kernel_size - 1`` taps)."""
     reach = kernel_size - 1 if mixing == "causal" else (kernel_size - 1) // 2
-    return reach * (sum(dilations) if dilations is not None else num_layers)
+    return reach * sum(loihi_layer_dilations(num_layers, dilations))
 
 
 def loihi_layout(cfg: dict) -> tuple[list[dict], list[dict]]:
@@ -832,7 +847,7 @@ def loihi_layout(cfg: dict) -> tuple[list[dict], list[dict]]:
     synapse from depth a into depth b gets ``delay = b - a - 1`` (the residual ``mix -> out``
     skips ``hidden``), so all inputs of a population are aligned."""
     d, f, n, k = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_layers"]), int(cfg["kernel_size"])
-    dilations = cfg.get("dilations") or [1] * n
+    dilations = loihi_layer_dilations(n, cfg.get("dilations"))
     pops = [{"name": EMBED, "width": d, "depth": 0, "layer": -1}]
     syns: list[dict] = []
     x = EMBED
@@ -842,7 +857,7 @@ def loihi_layout(cfg: dict) -> tuple[list[dict], list[dict]]:
         pops += [{"name": p + name, "width": widths[name], "depth": 3 * i + 1 + j, "layer": i}
                  for j, name in enumerate(MIXER_LAYER_POPULATIONS)]
         syns += [{"name": p + "mix", "source": x, "target": p + "mix", "kind": "token_mix", "shape": (d, k), "delay": 0,
-                  "dilation": int(dilations[i])},
+                  "dilation": dilations[i]},
                  {"name": p + "fc1", "source": p + "mix", "target": p + "hidden", "kind": "channel", "shape": (f, d),
                   "delay": 0},
                  {"name": p + "fc2", "source": p + "hidden", "target": p + "out", "kind": "channel", "shape": (d, f),
@@ -1070,11 +1085,10 @@ def _read_loihi(r: _Reader, version: int, precision: str) -> LoihiModelFile:
     if cfg["weights"] != precision:
         r.fail("/config field 'weights'", f"{cfg['weights']!r} differs from the file precision {precision!r}")
     dilations = cfg.get("dilations")
+    problem = loihi_dilation_problem(dilations, cfg["num_layers"])
+    if problem:
+        r.fail("/config field 'dilations'", problem)
     if dilations is not None:
-        if (not isinstance(dilations, list) or len(dilations) != cfg["num_layers"]
-                or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in dilations)):
-            r.fail("/config field 'dilations'", f"must be null or {cfg['num_layers']} positive integers (one per "
-                                                f"layer), got {dilations!r}")
         if version < 3 and any(v != 1 for v in dilations):
             r.fail("/config field 'dilations'", f"{dilations} needs schema version 3 (version {version} has no "
                                                 "dilations)")

@@ -63,7 +63,7 @@ from lava_spikingbert.contract.constants import (LOIHI_POOLING_BEFORE_CHOICE, LO
                                                  MIXER_LAYER_POPULATIONS, WEIGHT_MODES, pooled_width,
                                                  population_names)
 from lava_spikingbert.contract.atomic import atomic_write_text
-from lava_spikingbert.contract.model_file import loihi_margin
+from lava_spikingbert.contract.model_file import loihi_dilation_problem, loihi_layer_dilations, loihi_margin
 from lava_spikingbert.model.checkpoint import CONFIG_NAME, load_weights, read_profile, save_model
 from lava_spikingbert.model.config import ConfigError
 from lava_spikingbert.model.encoder import NO_DROPOUT, SharedDropout
@@ -133,12 +133,11 @@ class LoihiConfig:
         if self.mixing == "bidirectional" and self.kernel_size % 2 == 0:
             raise LoihiConfigError(f"config field 'kernel_size' must be odd for bidirectional mixing, "
                                    f"got {self.kernel_size}")
+        problem = loihi_dilation_problem(self.dilations, self.num_layers)
+        if problem:
+            raise LoihiConfigError(f"config field 'dilations' {problem}")
         if self.dilations is not None:
-            if (not isinstance(self.dilations, (list, tuple)) or len(self.dilations) != self.num_layers
-                    or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in self.dilations)):
-                raise LoihiConfigError(f"config field 'dilations' must be null or {self.num_layers} positive "
-                                       f"integers (one per layer), got {self.dilations!r}")
-            self.dilations = [int(v) for v in self.dilations]
+            self.dilations = loihi_layer_dilations(self.num_layers, self.dilations)
         if self.readout not in READOUTS:
             raise LoihiConfigError(f"config field 'readout' must be one of {READOUTS}, got {self.readout!r}")
         if self.rate_forward not in RATE_FORWARDS:
@@ -167,7 +166,7 @@ class LoihiConfig:
     @property
     def layer_dilations(self) -> list[int]:
         """The token-mixing dilation of every layer."""
-        return list(self.dilations) if self.dilations is not None else [1] * self.num_layers
+        return loihi_layer_dilations(self.num_layers, self.dilations)
 
     @property
     def margin(self) -> int:
