@@ -35,6 +35,11 @@ def improves(value: float, best: float | None) -> bool:
     return best is None or math.isnan(best) or value > best
 
 
+def worse(a: float, b: float) -> float:
+    """The worse of two dev metrics (higher is better); NaN if either is NaN."""
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

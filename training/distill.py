@@ -48,7 +48,7 @@ from lava_spikingbert.model.loihi import HOST_EMBEDDINGS, LoihiConfig, LoihiSpik
 from lava_spikingbert.model.quantizers import attach_weight_quantizers
 from lava_spikingbert.model.student import load_student, profile_of, rate_ann_mode
 from training.batching import EncodedDataset, length_bucketed_batches, mask_inner_tokens
-from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
+from training.common import (DistEnv, improves, worse, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state)
 from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
 from training.tasks import TaskSpec, compute_metrics
@@ -90,6 +90,10 @@ class StageSettings:
     eval_start: bool = False  # prediction stage: the starting weights are a best-of-dev candidate (step 0)
     embed_lr: float | None = None  # learning rate of the host embeddings (None: lr)
     augment_mask: float = 0.0  # internal-layer stages: each inner token masked with this probability
+    # quantized loihi weights: every other step trains through the fp32 latent weights themselves, and
+    # the prediction stage keeps the checkpoint whose worse dev score (quantized or fp32) is best, so the
+    # deployed model and its fp32 weights are both trained and both selected for
+    joint_fp32: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -109,6 +113,8 @@ class StageSettings:
             raise ValueError(f"augment_mask must be in [0, 1), got {self.augment_mask}")
         if self.augment_mask and self.stage == "prediction":
             raise ValueError("augment_mask applies to the internal-layer stages (general, intermediate) only")
+        if self.joint_fp32 and self.weights == "fp32":
+            raise ValueError("joint_fp32 needs quantized weights (int8, ternary or binary), got weights='fp32'")
 
 
 # settings that change how a run is watched or cut into calls, not the weights it ends with
@@ -399,6 +405,9 @@ class StageRun:
         self.profile = profile_of(student)
         if self.profile == "loihi":  # the stage trains with its weights (int8: QAT, straight-through)
             student.set_weights(settings.weights)
+        elif settings.joint_fp32:
+            raise SpikingBertError("joint_fp32 is for the loihi profile (its weights switch between fp32 and "
+                                   "quantized in place)")
         elif settings.weights != "fp32":  # quantization-aware KD: latent fp32 weights, quantized forward, STE
             attach_weight_quantizers(student, settings.weights)
         self.layer_map, self.needs_teacher = self._check_inputs(settings)
@@ -523,6 +532,8 @@ class StageRun:
         mask = batch["attention_mask"]
         loihi = self.profile == "loihi"
         mode = "equilibrium" if settings.forward == "spiking" else rate_ann_mode(student)
+        if settings.joint_fp32:  # odd steps through the fp32 weights (the same steps on a resumed run)
+            student.set_weights("fp32" if self.step % 2 else settings.weights)
         if settings.augment_mask:  # the same masks on a resumed run: seeded by stage, step and rank
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + STAGES.index(settings.stage) * 100_003
                                               + self.step * 101 + self.dist.rank)
@@ -555,6 +566,8 @@ class StageRun:
             torch.nn.utils.clip_grad_norm_(student.parameters(), settings.clip_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if settings.joint_fp32:
+            student.set_weights(settings.weights)
         return loss.item(), parts
 
     def _mask_id(self) -> int:
@@ -574,18 +587,31 @@ class StageRun:
         settings, spec, dist = self.settings, self.spec, self.dist
         if self.dev is None or spec is None or settings.stage != "prediction":
             return None
-        result = evaluate_student(self.student, self.dev, spec, dist=dist)
-        self.student.train()
-        value = result["metrics"][spec.main_metric]
-        self.history.append({"step": self.step, spec.main_metric: value, "n": result["n"]})
+        value, n = self._dev_metric()
+        record = {"step": self.step, spec.main_metric: value, "n": n}
+        if settings.joint_fp32:  # the selection value is the worse of the two; both are recorded
+            self.student.set_weights("fp32")
+            fp32_value, _ = self._dev_metric()
+            self.student.set_weights(settings.weights)
+            record.update({f"{spec.main_metric}_{settings.weights}": value, f"{spec.main_metric}_fp32": fp32_value})
+            value = record[spec.main_metric] = worse(value, fp32_value)
+        self.history.append(record)
         if improves(value, self.best):
             self.best = value
             if dist.is_main:
                 save_checkpoint(self.stage_dir / "best", self.student, self.tokenizer)
         if dist.is_main:
-            logger.info("stage %s step %d: dev %s = %.4f (best %.4f)", settings.stage, self.step, spec.main_metric,
-                        value, self.best)
+            both = (f" ({settings.weights} {record[f'{spec.main_metric}_{settings.weights}']:.4f}, fp32 "
+                    f"{record[f'{spec.main_metric}_fp32']:.4f})" if settings.joint_fp32 else "")
+            logger.info("stage %s step %d: dev %s = %.4f%s (best %.4f)", settings.stage, self.step,
+                        spec.main_metric, value, both, self.best)
         return value
+
+    def _dev_metric(self) -> tuple[float, int]:
+        """(main dev metric, sentences) of the student as it stands; leaves it in training mode."""
+        result = evaluate_student(self.student, self.dev, self.spec, dist=self.dist)
+        self.student.train()
+        return result["metrics"][self.spec.main_metric], result["n"]
 
     # ------------------------------------------------------------------ after training
     def finish(self) -> StageResult:

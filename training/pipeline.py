@@ -73,6 +73,9 @@ class Budget:
     # masking augmentation of the internal-layer stage (``StageSettings.augment_mask``): the longer
     # budgets see the training set several times over, and the teacher labels each perturbed sentence
     intermediate_mask: float = 0.0
+    # loihi profile, quantized weights: the prediction stage trains and selects its checkpoint for the
+    # deployed weights and their fp32 latent weights together (``StageSettings.joint_fp32``)
+    prediction_joint_fp32: bool = False
 
 
 BUDGETS = {
@@ -102,7 +105,7 @@ LOIHI_BUDGETS = {
     "default": Budget(teacher_epochs=1, general_steps=500, intermediate_steps=3500, prediction_steps=600,
                       train_t_conv=16, eval_every=100),
     "full": Budget(teacher_epochs=3, general_steps=2000, intermediate_steps=12000, prediction_steps=2400,
-                   train_t_conv=16, eval_every=200, intermediate_mask=0.15),
+                   train_t_conv=16, eval_every=200, intermediate_mask=0.15, prediction_joint_fp32=True),
 }
 PROFILE_BUDGETS = {"paper": BUDGETS, "loihi": LOIHI_BUDGETS}
 # per profile: student depth and deployed weights when not given
@@ -141,7 +144,9 @@ def _loihi_stage_settings(stage: str, budget: Budget, **overrides) -> StageSetti
     embeddings, copied from the teacher, move at a tenth of the rate)."""
     lr = {"general": 1e-3, "intermediate": 1e-3, "prediction": 1e-4}[stage]
     base = _stage_settings(stage, budget, lr=lr)
-    return replace(base, embed_lr=lr * 0.1, att_weight=0.0, rep_weight=1.0,
+    joint_fp32 = (budget.prediction_joint_fp32 and stage == "prediction"
+                  and overrides.get("weights", base.weights) != "fp32")
+    return replace(base, embed_lr=lr * 0.1, joint_fp32=joint_fp32, att_weight=0.0, rep_weight=1.0,
                    logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT if stage == "intermediate" else 0.0,
                    eval_start=stage == "prediction",
                    **{k: v for k, v in overrides.items() if v is not None})
