@@ -135,3 +135,93 @@ def test_embed_lr_gives_the_host_embeddings_their_own_rate(setup):
     assert by_lr[id(student.layers[0].fc1.weight)] == (1e-3, 0.01)
     # without embed_lr every parameter keeps the base rate
     assert {g["lr"] for g in make_optimizer(student, 1e-3, 0.01).param_groups} == {1e-3}
+
+
+def test_joint_fp32_alternates_the_weights_and_selects_on_the_worse_score(setup, tmp_path):
+    teacher, tok, spec, train, dev = setup
+    start = new_loihi_student(teacher, train)
+    seen = []  # the weights each training forward pass ran with
+    forward = start.forward
+
+    def spy(*args, **kwargs):
+        if start.training:
+            seen.append(start.config.weights)
+        return forward(*args, **kwargs)
+
+    start.forward = spy
+    pred = StageSettings(stage="prediction", max_steps=4, batch_size=8, lr=1e-3, t_conv=4, eval_every=2,
+                         weights="int8", eval_start=True, joint_fp32=True)
+    result = run_stage(pred, start, teacher, train, tmp_path / "joint", tokenizer=tok, spec=spec, dev=dev,
+                       progress=False)
+    assert seen == ["int8", "fp32", "int8", "fp32"]
+    assert [h["step"] for h in result.history] == [0, 2, 4]
+    for h in result.history:
+        assert h["accuracy"] == min(h["accuracy_int8"], h["accuracy_fp32"])
+    assert result.best_metric == max(h["accuracy"] for h in result.history)
+    # the kept checkpoint is the deployed (int8) model; under both weight sets it scores what its
+    # evaluation recorded
+    final = load_student(result.final_dir)
+    assert final.config.weights == "int8"
+    best = next(h for h in result.history if h["accuracy"] == result.best_metric)
+    from training.distill import evaluate_student
+    for mode in ("int8", "fp32"):
+        final.set_weights(mode)
+        assert evaluate_student(final, dev, spec)["metrics"]["accuracy"] == best[f"accuracy_{mode}"]
+    # a resumed run alternates on the same steps and ends with the same weights
+    part = StageSettings(**{**pred.__dict__, "run_steps": 3})
+    run_stage(part, new_loihi_student(teacher, train), teacher, train, tmp_path / "resumed", tokenizer=tok, spec=spec,
+              dev=dev, progress=False)
+    resumed = run_stage(pred, new_loihi_student(teacher, train), teacher, train, tmp_path / "resumed", tokenizer=tok,
+                        spec=spec, dev=dev, resume=True, progress=False)
+    assert resumed.history == result.history
+    a, b = load_student(result.final_dir).state_dict(), load_student(resumed.final_dir).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_joint_fp32_needs_quantized_loihi_weights(setup, tmp_path):
+    teacher, tok, spec, train, dev = setup
+    with pytest.raises(ValueError, match="joint_fp32 needs quantized weights"):
+        StageSettings(stage="prediction", max_steps=2, weights="fp32", joint_fp32=True)
+    pred = StageSettings(stage="prediction", max_steps=2, batch_size=8, t_conv=4, weights="int8", joint_fp32=True)
+    with pytest.raises(SpikingBertError, match="joint_fp32 is for the loihi profile"):
+        run_stage(pred, new_student(teacher), teacher, train, tmp_path / "paper", tokenizer=tok, spec=spec, dev=dev,
+                  progress=False)
+
+
+def test_full_loihi_budget_trains_the_prediction_stage_for_both_weight_sets():
+    from training.pipeline import LOIHI_BUDGETS, _loihi_stage_settings
+
+    full, default = LOIHI_BUDGETS["full"], LOIHI_BUDGETS["default"]
+    assert _loihi_stage_settings("prediction", full, weights="int8").joint_fp32
+    assert not _loihi_stage_settings("prediction", full, weights="fp32").joint_fp32
+    assert not _loihi_stage_settings("intermediate", full, weights="fp32").joint_fp32
+    assert not _loihi_stage_settings("prediction", default, weights="int8").joint_fp32
+
+
+def test_min_tokens_trains_on_the_long_examples_only(setup, tmp_path):
+    teacher, tok, spec, train, dev = setup
+    lengths = sorted(train.lengths)
+    cut = int(lengths[len(lengths) // 2])  # about half of the fixture's examples are this long or longer
+    long_only = train.at_least(cut)
+    assert 0 < len(long_only) < len(train) and min(long_only.lengths) >= cut
+    assert len(train.at_least(0)) == len(train)
+    start = new_loihi_student(teacher, train)
+    seen = []  # the shortest example of each training batch
+    forward = start.forward
+
+    def spy(input_ids, attention_mask, *args, **kwargs):
+        if start.training:
+            seen.append(int(attention_mask.sum(dim=1).min()))
+        return forward(input_ids, attention_mask, *args, **kwargs)
+
+    start.forward = spy
+    pred = StageSettings(stage="prediction", max_steps=3, batch_size=4, lr=1e-4, t_conv=4, weights="int8",
+                         min_tokens=cut)
+    run_stage(pred, start, teacher, train, tmp_path / "long", tokenizer=tok, spec=spec, dev=dev, progress=False)
+    assert len(seen) == 3 and min(seen) >= cut
+    with pytest.raises(ValueError, match="min_tokens must be >= 0"):
+        StageSettings(stage="prediction", max_steps=2, min_tokens=-1)
+    too_long = StageSettings(stage="prediction", max_steps=2, batch_size=4, t_conv=4, min_tokens=10_000)
+    with pytest.raises(SpikingBertError, match="no training data .*of at least 10000 tokens"):
+        run_stage(too_long, new_loihi_student(teacher, train), teacher, train, tmp_path / "none", tokenizer=tok,
+                  spec=spec, dev=dev, progress=False)
