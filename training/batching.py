@@ -7,6 +7,7 @@ numbers of batches per rank).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -213,14 +214,63 @@ def length_bucketed_batches(encoded: EncodedDataset, batch_size: int, shuffle: b
     return LengthBucketedBatches(encoded, batch_size, shuffle, **options)
 
 
-def mask_inner_tokens(batch: dict, probability: float, mask_id: int, generator: torch.Generator) -> dict:
+@dataclass(frozen=True)
+class WordNeighbours:
+    """For each token id of a WordPiece vocabulary: ``table`` (vocab x k, long), its k nearest whole
+    words, or -1 in every column for a token that is not a whole word; ``continuation`` (vocab, bool),
+    whether the token continues a word (``##...``)."""
+
+    table: torch.Tensor
+    continuation: torch.Tensor
+
+
+def mask_inner_tokens(batch: dict, probability: float, mask_id: int, generator: torch.Generator, *,
+                      replace: float = 0.0, neighbours: WordNeighbours | None = None) -> dict:
     """A copy of a right-padded ``batch`` in which each valid token other than a row's first and
     last ([CLS], [SEP]) is replaced by ``mask_id`` with ``probability``: perturbed sentences for
-    distillation, which the teacher labels as it sees them (Tang et al. 2019's masking)."""
-    if not 0.0 <= probability < 1.0:
-        raise ValueError(f"masking probability must be in [0, 1), got {probability}")
+    distillation, which the teacher labels as it sees them (Tang et al. 2019's masking). With
+    ``replace`` > 0, a further share ``replace`` of the inner tokens that are whole words (a
+    ``neighbours.table`` row without -1, not followed by a ``##`` piece) becomes one of its k
+    neighbours, drawn uniformly (Tang et al.'s replacement, with nearest neighbours in an embedding
+    space instead of part-of-speech classes); the masking draws are the same with or without it."""
+    if not (0.0 <= probability < 1.0 and 0.0 <= replace < 1.0 and probability + replace < 1.0):
+        raise ValueError(f"masking and replacement probabilities must be >= 0 with a sum below 1, got "
+                         f"{probability} and {replace}")
     ids, valid = batch["input_ids"], batch["attention_mask"].bool()
     positions = torch.arange(ids.shape[1])[None]
     inner = valid & (positions > 0) & (positions < valid.sum(-1, keepdim=True) - 1)
-    hit = inner & (torch.rand(ids.shape, generator=generator) < probability)
-    return {**batch, "input_ids": ids.masked_fill(hit, mask_id)}
+    draw = torch.rand(ids.shape, generator=generator)
+    out = ids.masked_fill(inner & (draw < probability), mask_id)
+    if replace:
+        if neighbours is None:
+            raise ValueError("replacement needs the neighbour table (word_neighbours)")
+        choice = torch.randint(neighbours.table.shape[1], ids.shape, generator=generator)
+        candidate = neighbours.table[ids, choice]
+        followed_by_piece = torch.zeros_like(inner)
+        followed_by_piece[:, :-1] = neighbours.continuation[ids[:, 1:]]
+        hit = (inner & (draw >= probability) & (draw < probability + replace) & (candidate >= 0)
+               & ~followed_by_piece)
+        out = torch.where(hit, candidate, out)
+    return {**batch, "input_ids": out}
+
+
+def word_neighbours(tokens: Sequence[str], embeddings: torch.Tensor, k: int = 8, *,
+                    chunk: int = 2048) -> WordNeighbours:
+    """The ``k`` nearest other whole words (alphabetic, two letters or more, not a ``##`` piece) of
+    each whole-word token by cosine similarity of ``embeddings`` (vocab x d, e.g. the teacher's input
+    embeddings); -1 rows for every other token (special, unused, punctuation, pieces)."""
+    if len(tokens) != embeddings.shape[0]:
+        raise ValueError(f"{len(tokens)} tokens but {embeddings.shape[0]} embedding rows")
+    words = torch.tensor([len(t) > 1 and t.isalpha() for t in tokens])
+    idx = torch.nonzero(words).flatten()
+    table = torch.full((len(tokens), k), -1, dtype=torch.long)
+    continuation = torch.tensor([t.startswith("##") for t in tokens])
+    if len(idx) <= k:
+        return WordNeighbours(table, continuation)
+    unit = torch.nn.functional.normalize(embeddings[idx].double(), dim=1)
+    for start in range(0, len(idx), chunk):
+        sim = unit[start:start + chunk] @ unit.T
+        rows = torch.arange(sim.shape[0])
+        sim[rows, rows + start] = -math.inf  # not itself
+        table[idx[start:start + chunk]] = idx[sim.topk(k, dim=1).indices]
+    return WordNeighbours(table, continuation)

@@ -47,7 +47,8 @@ from lava_spikingbert.model.inference import predict_batches_at
 from lava_spikingbert.model.loihi import HOST_EMBEDDINGS, LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import attach_weight_quantizers
 from lava_spikingbert.model.student import load_student, profile_of, rate_ann_mode
-from training.batching import EncodedDataset, length_bucketed_batches, mask_inner_tokens
+from training.batching import (EncodedDataset, WordNeighbours, length_bucketed_batches, mask_inner_tokens,
+                               word_neighbours)
 from training.common import (DistEnv, improves, worse, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state)
 from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
@@ -90,6 +91,9 @@ class StageSettings:
     eval_start: bool = False  # prediction stage: the starting weights are a best-of-dev candidate (step 0)
     embed_lr: float | None = None  # learning rate of the host embeddings (None: lr)
     augment_mask: float = 0.0  # internal-layer stages: each inner token masked with this probability
+    # internal-layer stages: each inner whole word replaced with this probability by one of its nearest
+    # whole words in the teacher's input-embedding space (the teacher labels the changed sentence)
+    augment_replace: float = 0.0
     # quantized loihi weights: every other step trains through the fp32 latent weights themselves, and
     # the prediction stage keeps the checkpoint whose worse dev score (quantized or fp32) is best, so the
     # deployed model and its fp32 weights are both trained and both selected for
@@ -114,8 +118,12 @@ class StageSettings:
             raise ValueError(f"logit_weight must be >= 0, got {self.logit_weight}")
         if not 0.0 <= self.augment_mask < 1.0:
             raise ValueError(f"augment_mask must be in [0, 1), got {self.augment_mask}")
-        if self.augment_mask and self.stage == "prediction":
-            raise ValueError("augment_mask applies to the internal-layer stages (general, intermediate) only")
+        if not 0.0 <= self.augment_replace < 1.0 or self.augment_mask + self.augment_replace >= 1.0:
+            raise ValueError(f"augment_replace must be in [0, 1) with augment_mask + augment_replace < 1, got "
+                             f"{self.augment_replace} (augment_mask {self.augment_mask})")
+        if (self.augment_mask or self.augment_replace) and self.stage == "prediction":
+            raise ValueError("augment_mask and augment_replace apply to the internal-layer stages (general, "
+                             "intermediate) only")
         if self.min_tokens < 0:
             raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
         if self.joint_fp32 and self.weights == "fp32":
@@ -543,10 +551,12 @@ class StageRun:
         mode = "equilibrium" if settings.forward == "spiking" else rate_ann_mode(student)
         if settings.joint_fp32:  # odd steps through the fp32 weights (the same steps on a resumed run)
             student.set_weights("fp32" if self.step % 2 else settings.weights)
-        if settings.augment_mask:  # the same masks on a resumed run: seeded by stage, step and rank
+        if settings.augment_mask or settings.augment_replace:  # the same draws on a resumed run: seeded by
+            # stage, step and rank
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + STAGES.index(settings.stage) * 100_003
                                               + self.step * 101 + self.dist.rank)
-            batch = mask_inner_tokens(batch, settings.augment_mask, self._mask_id(), g)
+            batch = mask_inner_tokens(batch, settings.augment_mask, self._mask_id(), g,
+                                      replace=settings.augment_replace, neighbours=self._neighbours())
         out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=settings.t_conv)
         t_out = teacher_outputs(self.teacher, batch) if self.needs_teacher else None
         if settings.stage == "prediction":
@@ -578,6 +588,19 @@ class StageRun:
         if settings.joint_fp32:
             student.set_weights(settings.weights)
         return loss.item(), parts
+
+    def _neighbours(self) -> WordNeighbours | None:
+        """The teacher's whole-word neighbours, built on first use (``augment_replace``)."""
+        if not self.settings.augment_replace:
+            return None
+        if getattr(self, "_word_neighbours", None) is None:
+            if self.tokenizer is None or self.teacher is None:
+                raise SpikingBertError(f"stage {self.settings.stage}: augment_replace needs the teacher and its "
+                                       "tokenizer")
+            embeddings = self.teacher.get_input_embeddings().weight.detach().cpu()
+            tokens = self.tokenizer.convert_ids_to_tokens(list(range(embeddings.shape[0])))
+            self._word_neighbours = word_neighbours(tokens, embeddings)
+        return self._word_neighbours
 
     def _mask_id(self) -> int:
         mask_id = getattr(self.tokenizer, "mask_token_id", None)

@@ -73,6 +73,8 @@ class Budget:
     # masking augmentation of the internal-layer stage (``StageSettings.augment_mask``): the longer
     # budgets see the training set several times over, and the teacher labels each perturbed sentence
     intermediate_mask: float = 0.0
+    # and the share of inner whole words replaced by a nearest neighbour (``StageSettings.augment_replace``)
+    intermediate_replace: float = 0.0
     # loihi profile, quantized weights: the prediction stage trains and selects its checkpoint for the
     # deployed weights and their fp32 latent weights together (``StageSettings.joint_fp32``)
     prediction_joint_fp32: bool = False
@@ -136,6 +138,7 @@ def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
                          t_conv=budget.train_t_conv, checkpoint_every=max(1, min(100, steps // 4)),
                          eval_every=budget.eval_every if stage == "prediction" else 0,
                          augment_mask=budget.intermediate_mask if stage == "intermediate" else 0.0,
+                         augment_replace=budget.intermediate_replace if stage == "intermediate" else 0.0,
                          min_tokens=budget.prediction_min_tokens if stage == "prediction" else 0)
     settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if stage == "intermediate" and settings.forward == "rate_ann" and overrides.get("logit_weight") is None:

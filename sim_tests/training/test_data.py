@@ -537,5 +537,40 @@ def test_masking_spares_cls_sep_and_padding_and_follows_its_generator():
     big = {"input_ids": torch.full((64, 40), 7), "attention_mask": torch.ones(64, 40, dtype=torch.long)}
     rate = (batching.mask_inner_tokens(big, 0.15, 103, torch.Generator().manual_seed(1))["input_ids"] == 103).float()
     assert 0.12 < rate[:, 1:-1].mean() < 0.18 and rate[:, 0].sum() == 0 and rate[:, -1].sum() == 0
-    with pytest.raises(ValueError, match="masking probability"):
+    with pytest.raises(ValueError, match="masking and replacement probabilities"):
         batching.mask_inner_tokens(batch, 1.0, 103, torch.Generator())
+
+
+def test_word_neighbours_pair_whole_words_by_cosine_similarity():
+    tokens = ["[PAD]", "[CLS]", "good", "great", "bad", "awful", "##ness", "a", "!"]
+    emb = torch.tensor([[0, 0], [1, 1], [1, 0.1], [1, 0.2], [-1, 0.1], [-1, 0.2], [1, 0.15], [1, 0.12], [1, 0.1]])
+    nb = batching.word_neighbours(tokens, emb, k=1)
+    # whole words: alphabetic, two letters or more ("a", "!", "##ness" and specials have none)
+    assert nb.table[:, 0].tolist() == [-1, -1, 3, 2, 5, 4, -1, -1, -1]
+    assert nb.continuation.tolist() == [False] * 6 + [True, False, False]
+    with pytest.raises(ValueError, match="9 tokens but 2 embedding rows"):
+        batching.word_neighbours(tokens, emb[:2])
+
+
+def test_replacement_changes_whole_words_into_neighbours_and_keeps_the_masking_draws():
+    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "good", "great", "bad", "awful", "##ness", "!"]
+    emb = torch.tensor([[0, 0], [0, 1], [0, -1], [0, 2], [1, 0.1], [1, 0.2], [-1, 0.1], [-1, 0.2], [1, 0], [1, 1]],
+                       dtype=torch.float)
+    nb = batching.word_neighbours(tokens, emb, k=1)
+    ids = torch.tensor([[1, 4, 6, 9, 4, 8, 2]] * 200)  # [CLS] good bad ! good ##ness [SEP]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    masked = batching.mask_inner_tokens(batch, 0.2, 3, torch.Generator().manual_seed(0))["input_ids"]
+    both = batching.mask_inner_tokens(batch, 0.2, 3, torch.Generator().manual_seed(0), replace=0.5,
+                                      neighbours=nb)["input_ids"]
+    assert torch.equal(both == 3, masked == 3)  # the same masks with or without replacement
+    changed = (both != ids) & (both != 3)
+    # only whole words not followed by a piece: "good" (position 1) and "bad" (2), never "!", the
+    # "good" of "goodness" (4), the piece itself, [CLS] or [SEP]
+    assert changed[:, [0, 3, 4, 5, 6]].sum() == 0
+    assert (both[:, 1][changed[:, 1]] == 5).all() and (both[:, 2][changed[:, 2]] == 7).all()
+    share = changed[:, 1:3].float().mean()
+    assert 0.4 < share < 0.6  # about 0.5 of them (the others masked or kept)
+    with pytest.raises(ValueError, match="needs the neighbour table"):
+        batching.mask_inner_tokens(batch, 0.2, 3, torch.Generator(), replace=0.1)
+    with pytest.raises(ValueError, match="sum below 1"):
+        batching.mask_inner_tokens(batch, 0.6, 3, torch.Generator(), replace=0.5, neighbours=nb)
