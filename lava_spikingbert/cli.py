@@ -197,8 +197,7 @@ def cmd_distill(args) -> int:
                              checkpoint_every=args.checkpoint_every, run_steps=args.run_steps,
                              att_weight=args.att_weight, rep_weight=args.rep_weight,
                              forward=args.train_forward, logit_weight=args.logit_weight,
-                             eval_start=args.eval_start, embed_lr=args.embed_lr, joint_fp32=args.joint_fp32,
-                             min_tokens=args.min_tokens)
+                             eval_start=args.eval_start, embed_lr=args.embed_lr, joint_fp32=args.joint_fp32)
     result = run_stage(settings, student, teacher, train, args.out, tokenizer=tokenizer, spec=spec, dev=dev,
                        resume=args.resume, dist=dist)
     if dist.is_main:
@@ -511,8 +510,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loihi profile, quantized --weights: every other step trains the fp32 weights, and the "
                         "prediction stage keeps the checkpoint whose worse dev score (quantized or fp32) is best")
     p.add_argument("--limit-train", type=int, default=None)
-    p.add_argument("--min-tokens", type=non_negative_int, default=0,
-                   help="train only on the examples of at least this many tokens ([CLS] and [SEP] included)")
     p.add_argument("--limit", type=int, default=None, help="dev sentences")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true")

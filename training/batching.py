@@ -41,15 +41,6 @@ class EncodedDataset:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
-    def at_least(self, tokens: int) -> "EncodedDataset":
-        """The examples of at least ``tokens`` tokens ([CLS] and [SEP] included), in their order."""
-        keep = [i for i, x in enumerate(self.input_ids) if len(x) >= tokens]
-        return EncodedDataset(input_ids=[self.input_ids[i] for i in keep],
-                              token_type_ids=[self.token_type_ids[i] for i in keep],
-                              labels=None if self.labels is None else [self.labels[i] for i in keep],
-                              is_regression=self.is_regression, max_length=self.max_length,
-                              guids=[self.guids[i] for i in keep] if self.guids else [])
-
 
 def encode(examples: Sequence[Example], tokenizer, max_length: int, *, chunk_size: int = 4096) -> EncodedDataset:
     """Tokenise (with [CLS]/[SEP]; pairs truncated longest-first) to at most ``max_length`` tokens."""

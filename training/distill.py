@@ -98,9 +98,6 @@ class StageSettings:
     # the prediction stage keeps the checkpoint whose worse dev score (quantized or fp32) is best, so the
     # deployed model and its fp32 weights are both trained and both selected for
     joint_fp32: bool = False
-    # train only on the examples of at least this many tokens ([CLS] and [SEP] included), e.g. the
-    # prediction stage on the training phrases as long as the sentences it is evaluated on
-    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -124,8 +121,6 @@ class StageSettings:
         if (self.augment_mask or self.augment_replace) and self.stage == "prediction":
             raise ValueError("augment_mask and augment_replace apply to the internal-layer stages (general, "
                              "intermediate) only")
-        if self.min_tokens < 0:
-            raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
         if self.joint_fp32 and self.weights == "fp32":
             raise ValueError("joint_fp32 needs quantized weights (int8, ternary or binary), got weights='fp32'")
 
@@ -411,8 +406,6 @@ class StageRun:
 
     def __init__(self, settings: StageSettings, student: SpikingBert, teacher, train: EncodedDataset,
                  stage_dir: Path, *, tokenizer, spec: TaskSpec | None, dev: EncodedDataset | None, dist: DistEnv):
-        if settings.min_tokens:
-            train = train.at_least(settings.min_tokens)
         self.student, self.teacher, self.train_data, self.dev, self.spec = student, teacher, train, dev, spec
         self.tokenizer, self.dist = tokenizer, dist
         self.stage_dir = stage_dir
@@ -508,10 +501,8 @@ class StageRun:
         per_epoch = len(length_bucketed_batches(self.train_data, settings.batch_size, shuffle=True,
                                                 seed=settings.seed, rank=dist.rank, world_size=dist.world_size))
         if per_epoch == 0:
-            longer = f" of at least {settings.min_tokens} tokens" if settings.min_tokens else ""
-            raise SpikingBertError(f"stage {settings.stage}: no training data ({len(self.train_data)} examples"
-                                   f"{longer} for {dist.world_size} process(es)); check the corpus / training file, "
-                                   f"--limit-train and --min-tokens")
+            raise SpikingBertError(f"stage {settings.stage}: no training data ({len(self.train_data)} examples for "
+                             f"{dist.world_size} process(es)); check the corpus / training file and --limit-train")
         self.start = time.perf_counter()
         if settings.eval_start and self.step == 0 and not self.history:
             self.evaluate()  # the starting weights compete for the best dev checkpoint (step 0)

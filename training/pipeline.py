@@ -78,9 +78,6 @@ class Budget:
     # loihi profile, quantized weights: the prediction stage trains and selects its checkpoint for the
     # deployed weights and their fp32 latent weights together (``StageSettings.joint_fp32``)
     prediction_joint_fp32: bool = False
-    # the prediction stage trains on the training examples of at least this many tokens only
-    # (``StageSettings.min_tokens``; 0: all of them)
-    prediction_min_tokens: int = 0
 
 
 BUDGETS = {
@@ -138,8 +135,7 @@ def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
                          t_conv=budget.train_t_conv, checkpoint_every=max(1, min(100, steps // 4)),
                          eval_every=budget.eval_every if stage == "prediction" else 0,
                          augment_mask=budget.intermediate_mask if stage == "intermediate" else 0.0,
-                         augment_replace=budget.intermediate_replace if stage == "intermediate" else 0.0,
-                         min_tokens=budget.prediction_min_tokens if stage == "prediction" else 0)
+                         augment_replace=budget.intermediate_replace if stage == "intermediate" else 0.0,)
     settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if stage == "intermediate" and settings.forward == "rate_ann" and overrides.get("logit_weight") is None:
         settings = replace(settings, logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT)

@@ -198,30 +198,24 @@ def test_full_loihi_budget_trains_the_prediction_stage_for_both_weight_sets():
     assert not _loihi_stage_settings("prediction", default, weights="int8").joint_fp32
 
 
-def test_min_tokens_trains_on_the_long_examples_only(setup, tmp_path):
+
+def test_replacement_augmentation_changes_what_is_learned_and_resumes_exactly(setup, tmp_path):
     teacher, tok, spec, train, dev = setup
-    lengths = sorted(train.lengths)
-    cut = int(lengths[len(lengths) // 2])  # about half of the fixture's examples are this long or longer
-    long_only = train.at_least(cut)
-    assert 0 < len(long_only) < len(train) and min(long_only.lengths) >= cut
-    assert len(train.at_least(0)) == len(train)
-    start = new_loihi_student(teacher, train)
-    seen = []  # the shortest example of each training batch
-    forward = start.forward
-
-    def spy(input_ids, attention_mask, *args, **kwargs):
-        if start.training:
-            seen.append(int(attention_mask.sum(dim=1).min()))
-        return forward(input_ids, attention_mask, *args, **kwargs)
-
-    start.forward = spy
-    pred = StageSettings(stage="prediction", max_steps=3, batch_size=4, lr=1e-4, t_conv=4, weights="int8",
-                         min_tokens=cut)
-    run_stage(pred, start, teacher, train, tmp_path / "long", tokenizer=tok, spec=spec, dev=dev, progress=False)
-    assert len(seen) == 3 and min(seen) >= cut
-    with pytest.raises(ValueError, match="min_tokens must be >= 0"):
-        StageSettings(stage="prediction", max_steps=2, min_tokens=-1)
-    too_long = StageSettings(stage="prediction", max_steps=2, batch_size=4, t_conv=4, min_tokens=10_000)
-    with pytest.raises(SpikingBertError, match="no training data .*of at least 10000 tokens"):
-        run_stage(too_long, new_loihi_student(teacher, train), teacher, train, tmp_path / "none", tokenizer=tok,
-                  spec=spec, dev=dev, progress=False)
+    settings = StageSettings(stage="intermediate", max_steps=4, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2,
+                             forward="rate_ann", att_weight=0.0, augment_replace=0.5)
+    ref = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "ref", tokenizer=tok,
+                    progress=False)
+    run_stage(StageSettings(**{**settings.__dict__, "run_steps": 2}), new_loihi_student(teacher, train), teacher, train,
+              tmp_path / "resumed", tokenizer=tok, progress=False)
+    resumed = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "resumed",
+                        tokenizer=tok, resume=True, progress=False)
+    plain = run_stage(StageSettings(**{**settings.__dict__, "augment_replace": 0.0}),
+                      new_loihi_student(teacher, train), teacher, train, tmp_path / "plain", tokenizer=tok,
+                      progress=False)
+    a, b, c = (load_student(r.final_dir).state_dict() for r in (ref, resumed, plain))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same replacements on a resumed run
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the replacements changed what was learned
+    with pytest.raises(ValueError, match="augment_replace must be in"):
+        StageSettings(stage="intermediate", max_steps=2, augment_mask=0.6, augment_replace=0.5)
+    with pytest.raises(ValueError, match="internal-layer stages"):
+        StageSettings(stage="prediction", max_steps=2, augment_replace=0.1)
