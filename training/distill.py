@@ -49,8 +49,8 @@ from lava_spikingbert.model.quantizers import attach_weight_quantizers
 from lava_spikingbert.model.student import load_student, profile_of, rate_ann_mode
 from training.batching import (EncodedDataset, WordNeighbours, length_bucketed_batches, mask_inner_tokens,
                                word_neighbours)
-from training.common import (DistEnv, improves, worse, linear_schedule, make_optimizer, refuse_other_settings,
-                             rng_state, seed_all, set_rng_state)
+from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
+                             rng_state, seed_all, set_rng_state, worse)
 from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
 from training.tasks import TaskSpec, compute_metrics
 from training.teacher import teacher_outputs
@@ -425,6 +425,7 @@ class StageRun:
         self.step, self.best, self.history = 0, None, []
         self.wall_before, self.seen, self.start = 0.0, 0, time.perf_counter()
         self.steps_this_call = 0
+        self._word_neighbours: WordNeighbours | None = None  # built on first use (augment_replace)
 
     def _check_inputs(self, settings: StageSettings) -> tuple[list[int] | None, bool]:
         """(teacher layer per student layer, whether the stage needs the teacher's outputs)."""
@@ -584,7 +585,7 @@ class StageRun:
         """The teacher's whole-word neighbours, built on first use (``augment_replace``)."""
         if not self.settings.augment_replace:
             return None
-        if getattr(self, "_word_neighbours", None) is None:
+        if self._word_neighbours is None:
             if self.tokenizer is None or self.teacher is None:
                 raise SpikingBertError(f"stage {self.settings.stage}: augment_replace needs the teacher and its "
                                        "tokenizer")
