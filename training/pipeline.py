@@ -135,7 +135,7 @@ def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
                          t_conv=budget.train_t_conv, checkpoint_every=max(1, min(100, steps // 4)),
                          eval_every=budget.eval_every if stage == "prediction" else 0,
                          augment_mask=budget.intermediate_mask if stage == "intermediate" else 0.0,
-                         augment_replace=budget.intermediate_replace if stage == "intermediate" else 0.0,)
+                         augment_replace=budget.intermediate_replace if stage == "intermediate" else 0.0)
     settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if stage == "intermediate" and settings.forward == "rate_ann" and overrides.get("logit_weight") is None:
         settings = replace(settings, logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT)
@@ -148,7 +148,7 @@ def _loihi_stage_settings(stage: str, budget: Budget, **overrides) -> StageSetti
     lr = {"general": 1e-3, "intermediate": 1e-3, "prediction": 1e-4}[stage]
     base = _stage_settings(stage, budget, lr=lr)
     joint_fp32 = (budget.prediction_joint_fp32 and stage == "prediction"
-                  and overrides.get("weights", base.weights) != "fp32")
+                  and (overrides.get("weights") or base.weights) != "fp32")
     return replace(base, embed_lr=lr * 0.1, joint_fp32=joint_fp32, att_weight=0.0, rep_weight=1.0,
                    logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT if stage == "intermediate" else 0.0,
                    eval_start=stage == "prediction",
