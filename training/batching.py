@@ -245,6 +245,41 @@ def mask_inner_tokens(batch: dict, probability: float, mask_id: int, generator: 
     return {**batch, "input_ids": out}
 
 
+# what joins two sentences in ``join_row_pairs``: nothing, a comma, or a conjunction (words, tokenised
+# with the run's tokenizer)
+JOIN_CONNECTORS = ("", ",", "and", "but")
+
+
+def join_row_pairs(batch: dict, connectors: Sequence[Sequence[int]], generator: torch.Generator, *,
+                   max_length: int, pad_id: int = 0) -> dict:
+    """A batch of single sentences with its rows joined in pairs: with ``h = ceil(n / 2)`` of the ``n``
+    rows, row ``i`` and row ``h + i`` become ``[CLS] a connector b [SEP]``, the connector drawn
+    uniformly from ``connectors`` (token-id sequences, may be empty), and cut to ``max_length`` tokens
+    by dropping the end of the second sentence (its [SEP] stays). An odd batch keeps its middle
+    row alone. Longer, never-seen sentences for distillation, which the teacher labels as it sees
+    them; the result carries no gold labels or dataset indices."""
+    if not connectors:
+        raise ValueError("join_row_pairs needs at least one connector (an empty one joins directly)")
+    if max_length < 3:
+        raise ValueError(f"max_length must be >= 3, got {max_length}")
+    if bool(batch["token_type_ids"].any()):
+        raise ValueError("join_row_pairs joins single sentences; this batch holds sentence pairs")
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    rows = [batch["input_ids"][r, :n].tolist() for r, n in enumerate(lengths)]
+    half = (len(rows) + 1) // 2
+    choice = torch.randint(len(connectors), (len(rows) - half,), generator=generator).tolist()
+    joined = []
+    for i in range(half):
+        if half + i >= len(rows):
+            joined.append(rows[i])
+            continue
+        first, second = rows[i], rows[half + i]
+        tokens = first[:-1] + list(connectors[choice[i]]) + second[1:]
+        joined.append(tokens if len(tokens) <= max_length else tokens[:max_length - 1] + tokens[-1:])
+    input_ids, attention_mask, token_type_ids = right_pad(joined, pad_id=pad_id)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
 def word_neighbours(tokens: Sequence[str], embeddings: torch.Tensor, k: int = 8, *,
                     chunk: int = 2048) -> WordNeighbours:
     """The ``k`` nearest other whole words (alphabetic, two letters or more, not a ``##`` piece) of

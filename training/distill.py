@@ -47,8 +47,8 @@ from lava_spikingbert.model.inference import predict_batches_at
 from lava_spikingbert.model.loihi import HOST_EMBEDDINGS, LoihiConfig, LoihiSpikingMixer
 from lava_spikingbert.model.quantizers import attach_weight_quantizers
 from lava_spikingbert.model.student import load_student, profile_of, rate_ann_mode
-from training.batching import (EncodedDataset, WordNeighbours, length_bucketed_batches, mask_inner_tokens,
-                               word_neighbours)
+from training.batching import (JOIN_CONNECTORS, EncodedDataset, WordNeighbours, join_row_pairs,
+                               length_bucketed_batches, mask_inner_tokens, word_neighbours)
 from training.common import (DistEnv, improves, linear_schedule, make_optimizer, refuse_other_settings,
                              rng_state, seed_all, set_rng_state, worse)
 from training.safe_state import load_state, refuse_pickled_state, require_keys, save_state
@@ -94,6 +94,9 @@ class StageSettings:
     # internal-layer stages: each inner whole word replaced with this probability by one of its nearest
     # whole words in the teacher's input-embedding space (the teacher labels the changed sentence)
     augment_replace: float = 0.0
+    # internal-layer stages: the share of steps whose batch is replaced by its sentences joined in pairs
+    # (``join_row_pairs``): long, new sentences, labelled by the teacher, for the same tokens per step
+    augment_join: float = 0.0
     # quantized loihi weights: every other step trains through the fp32 latent weights themselves, and
     # the prediction stage keeps the checkpoint whose worse dev score (quantized or fp32) is best, so the
     # deployed model and its fp32 weights are both trained and both selected for
@@ -118,9 +121,11 @@ class StageSettings:
         if not 0.0 <= self.augment_replace < 1.0 or self.augment_mask + self.augment_replace >= 1.0:
             raise ValueError(f"augment_replace must be in [0, 1) with augment_mask + augment_replace < 1, got "
                              f"{self.augment_replace} (augment_mask {self.augment_mask})")
-        if (self.augment_mask or self.augment_replace) and self.stage == "prediction":
-            raise ValueError("augment_mask and augment_replace apply to the internal-layer stages (general, "
-                             "intermediate) only")
+        if not 0.0 <= self.augment_join <= 1.0:
+            raise ValueError(f"augment_join must be in [0, 1], got {self.augment_join}")
+        if (self.augment_mask or self.augment_replace or self.augment_join) and self.stage == "prediction":
+            raise ValueError("augment_mask, augment_replace and augment_join apply to the internal-layer stages "
+                             "(general, intermediate) only")
         if self.joint_fp32 and self.weights == "fp32":
             raise ValueError("joint_fp32 needs quantized weights (int8, ternary or binary), got weights='fp32'")
 
@@ -538,17 +543,22 @@ class StageRun:
     def _train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
         """One optimizer step on a batch; returns the loss and its parts."""
         settings, student = self.settings, self.student
-        mask = batch["attention_mask"]
         loihi = self.profile == "loihi"
         mode = "equilibrium" if settings.forward == "spiking" else rate_ann_mode(student)
         if settings.joint_fp32:  # odd steps through the fp32 weights (the same steps on a resumed run)
             student.set_weights("fp32" if self.step % 2 else settings.weights)
+        if settings.augment_join:  # whether this step joins: the same on every rank (equal work per step)
+            g = torch.Generator().manual_seed(settings.seed * 1_000_033 + STAGES.index(settings.stage) * 100_019
+                                              + self.step)
+            if torch.rand((), generator=g).item() < settings.augment_join:
+                batch = join_row_pairs(batch, self._connectors(), g, max_length=self.train_data.max_length)
         if settings.augment_mask or settings.augment_replace:  # the same draws on a resumed run: seeded by
             # stage, step and rank
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + STAGES.index(settings.stage) * 100_003
                                               + self.step * 101 + self.dist.rank)
             batch = mask_inner_tokens(batch, settings.augment_mask, self._mask_id(), g,
                                       replace=settings.augment_replace, neighbours=self._neighbours())
+        mask = batch["attention_mask"]
         out = student(batch["input_ids"], mask, batch["token_type_ids"], mode=mode, t_conv=settings.t_conv)
         t_out = teacher_outputs(self.teacher, batch) if self.needs_teacher else None
         if settings.stage == "prediction":
@@ -593,6 +603,18 @@ class StageRun:
             tokens = self.tokenizer.convert_ids_to_tokens(list(range(embeddings.shape[0])))
             self._word_neighbours = word_neighbours(tokens, embeddings)
         return self._word_neighbours
+
+    def _connectors(self) -> list[list[int]]:
+        """``JOIN_CONNECTORS`` as token ids of this run's tokenizer (``augment_join``)."""
+        if self.tokenizer is None:
+            raise SpikingBertError(f"stage {self.settings.stage}: augment_join needs the tokenizer")
+        ids = [self.tokenizer(word, add_special_tokens=False)["input_ids"] if word else []
+               for word in JOIN_CONNECTORS]
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if any(unk is not None and unk in seq for seq in ids):
+            raise SpikingBertError(f"stage {self.settings.stage}: augment_join: the tokenizer has no token for one "
+                                   f"of the connectors {JOIN_CONNECTORS}")
+        return ids
 
     def _mask_id(self) -> int:
         mask_id = getattr(self.tokenizer, "mask_token_id", None)

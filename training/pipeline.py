@@ -75,6 +75,8 @@ class Budget:
     intermediate_mask: float = 0.0
     # and the share of inner whole words replaced by a nearest neighbour (``StageSettings.augment_replace``)
     intermediate_replace: float = 0.0
+    # and the share of its steps that join the batch's sentences in pairs (``StageSettings.augment_join``)
+    intermediate_join: float = 0.0
     # loihi profile, quantized weights: the prediction stage trains and selects its checkpoint for the
     # deployed weights and their fp32 latent weights together (``StageSettings.joint_fp32``)
     prediction_joint_fp32: bool = False
@@ -107,7 +109,8 @@ LOIHI_BUDGETS = {
     "default": Budget(teacher_epochs=1, general_steps=500, intermediate_steps=3500, prediction_steps=600,
                       train_t_conv=16, eval_every=100),
     "full": Budget(teacher_epochs=3, general_steps=2000, intermediate_steps=12000, prediction_steps=2400,
-                   train_t_conv=16, eval_every=200, intermediate_mask=0.15, prediction_joint_fp32=True),
+                   train_t_conv=16, eval_every=200, intermediate_mask=0.15, intermediate_join=0.5,
+                   prediction_joint_fp32=True),
 }
 PROFILE_BUDGETS = {"paper": BUDGETS, "loihi": LOIHI_BUDGETS}
 # per profile: student depth and deployed weights when not given
@@ -135,7 +138,8 @@ def _stage_settings(stage: str, budget: Budget, **overrides) -> StageSettings:
                          t_conv=budget.train_t_conv, checkpoint_every=max(1, min(100, steps // 4)),
                          eval_every=budget.eval_every if stage == "prediction" else 0,
                          augment_mask=budget.intermediate_mask if stage == "intermediate" else 0.0,
-                         augment_replace=budget.intermediate_replace if stage == "intermediate" else 0.0)
+                         augment_replace=budget.intermediate_replace if stage == "intermediate" else 0.0,
+                         augment_join=budget.intermediate_join if stage == "intermediate" else 0.0)
     settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if stage == "intermediate" and settings.forward == "rate_ann" and overrides.get("logit_weight") is None:
         settings = replace(settings, logit_weight=RATE_ANN_INTERMEDIATE_LOGIT_WEIGHT)
@@ -381,6 +385,10 @@ SETTINGS_ADDED_LATER = {"neuron": "if_subtract", "profile": "paper", "data": Non
 SETTINGS_RECORDED_ONLY = ("budget_rule", "data_paths")
 
 
+def _budget_defaults() -> dict:
+    return {f.name: f.default for f in dataclasses.fields(Budget) if f.default is not dataclasses.MISSING}
+
+
 def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> None:
     """Outputs in ``out`` are reused only by a run with the same settings: compare with the settings
     recorded by the run that made them (``--restart`` starts over and records the new ones)."""
@@ -388,6 +396,8 @@ def _check_run_settings(out: Path, settings: dict, *, resume: bool, dist) -> Non
     settings = json.loads(json.dumps(settings))  # as JSON would give them back (tuples -> lists)
     if resume and path.is_file():
         saved = {**SETTINGS_ADDED_LATER, **_read_json(path)}
+        if isinstance(saved.get("budget"), dict):  # a budget field added later: those runs had its default
+            saved["budget"] = {**_budget_defaults(), **saved["budget"]}
         refuse_other_settings({k: (saved.get(k), v) for k, v in settings.items()
                                if k not in SETTINGS_RECORDED_ONLY and saved.get(k) != v},
                               f"{out} holds the outputs of a run with other settings{USE_RESTART}")

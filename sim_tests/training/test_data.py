@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lava_spikingbert.model.inference import right_pad
 from training import batching, readers, tasks
 from training.batching import encode, length_bucketed_batches
 from training.readers import Example, custom_task_spec, load_custom, load_glue, plain_text_corpus, resolve_glue_dir
@@ -574,3 +575,30 @@ def test_replacement_changes_whole_words_into_neighbours_and_keeps_the_masking_d
         batching.mask_inner_tokens(batch, 0.2, 3, torch.Generator(), replace=0.1)
     with pytest.raises(ValueError, match="sum below 1"):
         batching.mask_inner_tokens(batch, 0.6, 3, torch.Generator(), replace=0.5, neighbours=nb)
+
+
+def test_joining_pairs_rows_into_cls_a_connector_b_sep_and_cuts_to_max_length():
+    # rows sorted by length as in a bucketed batch: [CLS]=1, [SEP]=2, padding 0
+    rows = [[1, 10, 2], [1, 20, 21, 2], [1, 30, 31, 2], [1, 40, 41, 42, 43, 2], [1, 50, 51, 52, 53, 2]]
+    ids, mask, types = right_pad(rows)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "index": torch.arange(5),
+             "labels": torch.ones(5, dtype=torch.long)}
+    out = batching.join_row_pairs(batch, [[]], torch.Generator().manual_seed(0), max_length=64)
+    got = [r[m.bool()].tolist() for r, m in zip(out["input_ids"], out["attention_mask"])]
+    # row i with row ceil(5/2) + i; the odd batch's middle row stays alone; no gold labels or indices
+    assert got == [[1, 10, 40, 41, 42, 43, 2], [1, 20, 21, 50, 51, 52, 53, 2], [1, 30, 31, 2]]
+    assert set(out) == {"input_ids", "attention_mask", "token_type_ids"} and not out["token_type_ids"].any()
+    cut = batching.join_row_pairs(batch, [[99]], torch.Generator().manual_seed(0), max_length=6)
+    # connector between the two; the end of the second sentence is dropped, its [SEP] kept
+    assert cut["input_ids"][0].tolist() == [1, 10, 99, 40, 41, 2]
+    def connectors(seed):  # the token after each pair's first sentence
+        joined = batching.join_row_pairs(batch, [[7], [8]], torch.Generator().manual_seed(seed), max_length=64)
+        return joined["input_ids"][0, 2].item(), joined["input_ids"][1, 3].item()
+
+    draws = [connectors(seed) for seed in range(20)]
+    assert {d for pair in draws for d in pair} == {7, 8}  # connectors drawn from the generator
+    assert draws[3] == connectors(3)
+    with pytest.raises(ValueError, match="holds sentence pairs"):
+        batching.join_row_pairs({**batch, "token_type_ids": mask}, [[]], torch.Generator(), max_length=64)
+    with pytest.raises(ValueError, match="at least one connector"):
+        batching.join_row_pairs(batch, [], torch.Generator(), max_length=64)

@@ -407,6 +407,13 @@ def test_pipeline_tiny_end_to_end(tmp_path, glue_dir, tiny_teacher_dir):
     again = run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget,
                          num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
     assert again["rows"][0]["metrics"] == rows[1]["metrics"]
+    # a settings file from before a budget field existed stands for the field's default, which those
+    # runs used: accepted
+    recorded = json.loads((out / "pipeline_settings.json").read_text())
+    assert recorded["budget"].pop("intermediate_join") == 0.0
+    (out / "pipeline_settings.json").write_text(json.dumps(recorded))
+    run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget,
+                 num_layers=2, t_conv=4, max_length=16, eval_t=(4,), progress=False)
     # other settings in the same --out are refused (nothing is silently reused) ...
     with pytest.raises(ValueError, match=r"other settings .*seed: 42 -> 1"):
         run_pipeline("sst2", out, glue_dir=glue_dir, teacher_path=tiny_teacher_dir, budget=budget, seed=1,

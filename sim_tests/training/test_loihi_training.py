@@ -196,6 +196,8 @@ def test_full_loihi_budget_trains_the_prediction_stage_for_both_weight_sets():
     assert not _loihi_stage_settings("prediction", full, weights="fp32").joint_fp32
     assert not _loihi_stage_settings("intermediate", full, weights="fp32").joint_fp32
     assert not _loihi_stage_settings("prediction", default, weights="int8").joint_fp32
+    assert _loihi_stage_settings("intermediate", full).augment_join == full.intermediate_join > 0
+    assert _loihi_stage_settings("general", full).augment_join == 0.0
 
 
 
@@ -219,3 +221,25 @@ def test_replacement_augmentation_changes_what_is_learned_and_resumes_exactly(se
         StageSettings(stage="intermediate", max_steps=2, augment_mask=0.6, augment_replace=0.5)
     with pytest.raises(ValueError, match="internal-layer stages"):
         StageSettings(stage="prediction", max_steps=2, augment_replace=0.1)
+
+
+def test_joining_augmentation_changes_what_is_learned_and_resumes_exactly(setup, tmp_path):
+    teacher, tok, spec, train, dev = setup
+    settings = StageSettings(stage="intermediate", max_steps=4, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2,
+                             forward="rate_ann", att_weight=0.0, logit_weight=1.0, augment_join=0.5)
+    ref = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "ref", tokenizer=tok,
+                    progress=False)
+    run_stage(StageSettings(**{**settings.__dict__, "run_steps": 2}), new_loihi_student(teacher, train), teacher, train,
+              tmp_path / "resumed", tokenizer=tok, progress=False)
+    resumed = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "resumed",
+                        tokenizer=tok, resume=True, progress=False)
+    plain = run_stage(StageSettings(**{**settings.__dict__, "augment_join": 0.0}),
+                      new_loihi_student(teacher, train), teacher, train, tmp_path / "plain", tokenizer=tok,
+                      progress=False)
+    a, b, c = (load_student(r.final_dir).state_dict() for r in (ref, resumed, plain))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same joins on a resumed run
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the joined sentences changed what was learned
+    with pytest.raises(ValueError, match="augment_join must be in"):
+        StageSettings(stage="intermediate", max_steps=2, augment_join=1.5)
+    with pytest.raises(ValueError, match="internal-layer stages"):
+        StageSettings(stage="prediction", max_steps=2, augment_join=0.5)
