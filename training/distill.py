@@ -444,6 +444,9 @@ class StageRun:
                                       or not all(1 <= j <= (n_teacher_layers or 0) for j in layer_map)):
             raise SpikingBertError(f"layer_map {layer_map} must give one teacher layer in 1..{n_teacher_layers} "
                              f"for each of the {len(student.layers)} student layers")
+        if settings.augment_join and any(any(types) for types in self.train_data.token_type_ids):
+            raise SpikingBertError(f"stage {settings.stage}: augment_join joins single sentences; the training data "
+                                   "holds sentence pairs")
         needs_teacher = settings.stage != "prediction" or not settings.gold_labels
         if needs_teacher and teacher is None:
             raise SpikingBertError(f"stage {settings.stage!r} needs a teacher")

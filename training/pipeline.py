@@ -319,6 +319,8 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
               ("intermediate", task_teacher, train, "2-intermediate"),
               ("prediction", task_teacher, train, "3-prediction")]
     previous = None
+    # joining sentences (the budget's intermediate_join) is for single-sentence tasks
+    sentence_pairs = any(any(types) for types in train.token_type_ids)
     for stage, teacher, data, dirname in stages:
         stage_dir = out / "stages" / dirname
         if previous is not None:
@@ -330,7 +332,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
         settings = make_settings(stage, b, seed=seed, weights=stage_weights, batch_size=per_rank_batch,
                                  forward=stage_forward(train_forward, stage),
                                  gold_labels=gold_labels if stage == "prediction" else None,
-                                 temperature=temperature)
+                                 temperature=temperature, augment_join=0.0 if sentence_pairs else None)
         if resume and stage_done(stage_dir):
             _check_completed_stage(stage_dir, settings, dist.world_size, neuron, profile)
             logger.info("stage %s already complete: %s", stage, stage_dir)

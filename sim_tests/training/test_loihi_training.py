@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -239,6 +240,10 @@ def test_joining_augmentation_changes_what_is_learned_and_resumes_exactly(setup,
     a, b, c = (load_student(r.final_dir).state_dict() for r in (ref, resumed, plain))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same joins on a resumed run
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the joined sentences changed what was learned
+    pairs = dataclasses.replace(train, token_type_ids=[[0] * (len(t) - 1) + [1] for t in train.token_type_ids])
+    with pytest.raises(SpikingBertError, match="augment_join joins single sentences"):
+        run_stage(settings, new_loihi_student(teacher, train), teacher, pairs, tmp_path / "pairs", tokenizer=tok,
+                  progress=False)
     with pytest.raises(ValueError, match="augment_join must be in"):
         StageSettings(stage="intermediate", max_steps=2, augment_join=1.5)
     with pytest.raises(ValueError, match="internal-layer stages"):
