@@ -200,10 +200,13 @@ def test_custom_regression_pair_task_in_csv(tmp_path, tiny_teacher_dir):
     custom = CustomFiles(str(train), str(dev), text_columns=("premise", "hypothesis"), label_column="similarity",
                          task_type="regression")
     out = tmp_path / "run"
-    run_pipeline("custom", out, teacher_path=tiny_teacher_dir, budget=TINY, eval_t=(4,), custom=custom,
-                 **SMALL_MODEL)
+    # a budget that joins stage 2's sentences in pairs: off for sentence pairs
+    run_pipeline("custom", out, teacher_path=tiny_teacher_dir, budget=replace(TINY, intermediate_join=0.5),
+                 eval_t=(4,), custom=custom, **SMALL_MODEL)
     (row,) = json.loads((out / "eval_vs_T.json").read_text())
     assert row["n"] == 10 and set(row["metrics"]) == {"pearson", "spearman", "corr"}
+    stage2 = json.loads((out / "stages" / "2-intermediate" / "stage_done.json").read_text())["settings"]
+    assert stage2["augment_join"] == 0.0
     settings = json.loads((out / "pipeline_settings.json").read_text())
     assert settings["data"]["task_type"] == "regression" and settings["data"]["labels"] is None
     teacher = json.loads((out / "teacher" / "teacher_metrics.json").read_text())
