@@ -107,6 +107,8 @@ OLD_77 = "an **older student**: the paper's neuron, 77.52% fp32 (not the shipped
 PREVIOUS_INT8 = "the previous default student's int8 QAT checkpoint (session 14; 83.83% in torch)"
 LAVA_W1 = "lava_sst2_dev_fixed_pt_shipped.json"
 LAVA_W2 = "lava_sst2_dev_fixed_pt_shipped_w2.json"
+L23 = "sst2_loihi_full_pipeline_summary_session23.json"
+L23_LAVA = "loihi_lava_devset_full_student_session23.json"
 OLD_79 = "an **older student**: the paper's neuron, 79.01% (not the shipped default)"
 
 
@@ -143,6 +145,13 @@ ROWS: tuple[Row, ...] = (
         + (Value(WALL, "runs.full_session9.elapsed_s", h_min_s),),
         "**{0} at T=16** ({1} T=8, {2} T=32, {3} T=64); KD stages + evaluation {4} (3-epoch teacher reused)",
         ">= 86% at T=16", lambda v: v[0] >= 0.86, "the full-budget student (signed pairs, rate-ANN warm-up)"),
+    Row("loihi profile (stock Lava processes only), `--budget full`, T=16",
+        # the summary's eval_vs_T holds the deployed int8 rows (T = 4 ... 64), then the fp32 ones
+        (Value(L23, "eval_vs_T[2].metrics.accuracy"), Value(L23, "eval_vs_T[7].metrics.accuracy"),
+         Value(L23_LAVA, "runs.fixed_pt.metrics.accuracy"), Value(L23_LAVA, "runs.fixed_pt.spike_count_match")),
+        "**{0} int8, {1} fp32**; {2} in Lava fixed_pt ({3} of sentences with identical spike counts)",
+        ">= 85% at T=16, int8 and fp32", lambda v: v[0] >= 0.85 and v[1] >= 0.85,
+        "the session-23 full-budget loihi student (one run)"),
     Row("the paper's method (`--neuron if_subtract --train-forward spiking`), whole main job",
         (Value("sst2_default_pipeline_summary_session5.json", "eval_vs_T[t_conv=16].metrics.accuracy"),
          Value(WALL, "runs.paper_default_session5.elapsed_s", minutes),
