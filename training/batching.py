@@ -38,6 +38,11 @@ class EncodedDataset:
         return len(self.input_ids)
 
     @property
+    def holds_pairs(self) -> bool:
+        """Whether any example is a sentence pair (a token of segment 1)."""
+        return any(any(types) for types in self.token_type_ids)
+
+    @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 

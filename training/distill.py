@@ -431,6 +431,7 @@ class StageRun:
         self.wall_before, self.seen, self.start = 0.0, 0, time.perf_counter()
         self.steps_this_call = 0
         self._word_neighbours: WordNeighbours | None = None  # built on first use (augment_replace)
+        self._connector_ids: list[list[int]] | None = None  # tokenised on first use (augment_join)
 
     def _check_inputs(self, settings: StageSettings) -> tuple[list[int] | None, bool]:
         """(teacher layer per student layer, whether the stage needs the teacher's outputs)."""
@@ -444,7 +445,7 @@ class StageRun:
                                       or not all(1 <= j <= (n_teacher_layers or 0) for j in layer_map)):
             raise SpikingBertError(f"layer_map {layer_map} must give one teacher layer in 1..{n_teacher_layers} "
                              f"for each of the {len(student.layers)} student layers")
-        if settings.augment_join and any(any(types) for types in self.train_data.token_type_ids):
+        if settings.augment_join and self.train_data.holds_pairs:
             raise SpikingBertError(f"stage {settings.stage}: augment_join joins single sentences; the training data "
                                    "holds sentence pairs")
         needs_teacher = settings.stage != "prediction" or not settings.gold_labels
@@ -608,16 +609,18 @@ class StageRun:
         return self._word_neighbours
 
     def _connectors(self) -> list[list[int]]:
-        """``JOIN_CONNECTORS`` as token ids of this run's tokenizer (``augment_join``)."""
-        if self.tokenizer is None:
-            raise SpikingBertError(f"stage {self.settings.stage}: augment_join needs the tokenizer")
-        ids = [self.tokenizer(word, add_special_tokens=False)["input_ids"] if word else []
-               for word in JOIN_CONNECTORS]
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        if any(unk is not None and unk in seq for seq in ids):
-            raise SpikingBertError(f"stage {self.settings.stage}: augment_join: the tokenizer has no token for one "
-                                   f"of the connectors {JOIN_CONNECTORS}")
-        return ids
+        """``JOIN_CONNECTORS`` as token ids of this run's tokenizer (``augment_join``), tokenised once."""
+        if self._connector_ids is None:
+            if self.tokenizer is None:
+                raise SpikingBertError(f"stage {self.settings.stage}: augment_join needs the tokenizer")
+            ids = [self.tokenizer(word, add_special_tokens=False)["input_ids"] if word else []
+                   for word in JOIN_CONNECTORS]
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            if any(unk is not None and unk in seq for seq in ids):
+                raise SpikingBertError(f"stage {self.settings.stage}: augment_join: the tokenizer has no token for "
+                                       f"one of the connectors {JOIN_CONNECTORS}")
+            self._connector_ids = ids
+        return self._connector_ids
 
     def _mask_id(self) -> int:
         mask_id = getattr(self.tokenizer, "mask_token_id", None)

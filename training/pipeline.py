@@ -319,8 +319,7 @@ def run_pipeline(task: str = "sst2", out_dir: str | Path = "runs/sst2", *, glue_
               ("intermediate", task_teacher, train, "2-intermediate"),
               ("prediction", task_teacher, train, "3-prediction")]
     previous = None
-    # joining sentences (the budget's intermediate_join) is for single-sentence tasks
-    sentence_pairs = any(any(types) for types in train.token_type_ids)
+    sentence_pairs = train.holds_pairs  # joining sentences (the budget's intermediate_join) needs single ones
     for stage, teacher, data, dirname in stages:
         stage_dir = out / "stages" / dirname
         if previous is not None:

@@ -201,21 +201,26 @@ def test_full_loihi_budget_trains_the_prediction_stage_for_both_weight_sets():
     assert _loihi_stage_settings("general", full).augment_join == 0.0
 
 
+def _augmented_stage_weights(setup, tmp_path, settings: StageSettings, option: str) -> tuple[dict, dict, dict]:
+    """Final weights of a rate-ANN stage-2 run with ``settings``, of the same run stopped after 2 steps
+    and resumed, and of the run with ``option`` set to 0."""
+    teacher, tok, spec, train, dev = setup
+
+    def run(stage_settings, name, **kwargs):
+        return run_stage(stage_settings, new_loihi_student(teacher, train), teacher, train, tmp_path / name,
+                         tokenizer=tok, progress=False, **kwargs)
+
+    ref = run(settings, "ref")
+    run(dataclasses.replace(settings, run_steps=2), "resumed")
+    resumed = run(settings, "resumed", resume=True)
+    plain = run(dataclasses.replace(settings, **{option: 0.0}), "plain")
+    return tuple(load_student(r.final_dir).state_dict() for r in (ref, resumed, plain))
+
 
 def test_replacement_augmentation_changes_what_is_learned_and_resumes_exactly(setup, tmp_path):
-    teacher, tok, spec, train, dev = setup
     settings = StageSettings(stage="intermediate", max_steps=4, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2,
                              forward="rate_ann", att_weight=0.0, augment_replace=0.5)
-    ref = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "ref", tokenizer=tok,
-                    progress=False)
-    run_stage(StageSettings(**{**settings.__dict__, "run_steps": 2}), new_loihi_student(teacher, train), teacher, train,
-              tmp_path / "resumed", tokenizer=tok, progress=False)
-    resumed = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "resumed",
-                        tokenizer=tok, resume=True, progress=False)
-    plain = run_stage(StageSettings(**{**settings.__dict__, "augment_replace": 0.0}),
-                      new_loihi_student(teacher, train), teacher, train, tmp_path / "plain", tokenizer=tok,
-                      progress=False)
-    a, b, c = (load_student(r.final_dir).state_dict() for r in (ref, resumed, plain))
+    a, b, c = _augmented_stage_weights(setup, tmp_path, settings, "augment_replace")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same replacements on a resumed run
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the replacements changed what was learned
     with pytest.raises(ValueError, match="augment_replace must be in"):
@@ -228,16 +233,7 @@ def test_joining_augmentation_changes_what_is_learned_and_resumes_exactly(setup,
     teacher, tok, spec, train, dev = setup
     settings = StageSettings(stage="intermediate", max_steps=4, batch_size=8, lr=1e-3, t_conv=4, checkpoint_every=2,
                              forward="rate_ann", att_weight=0.0, logit_weight=1.0, augment_join=0.5)
-    ref = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "ref", tokenizer=tok,
-                    progress=False)
-    run_stage(StageSettings(**{**settings.__dict__, "run_steps": 2}), new_loihi_student(teacher, train), teacher, train,
-              tmp_path / "resumed", tokenizer=tok, progress=False)
-    resumed = run_stage(settings, new_loihi_student(teacher, train), teacher, train, tmp_path / "resumed",
-                        tokenizer=tok, resume=True, progress=False)
-    plain = run_stage(StageSettings(**{**settings.__dict__, "augment_join": 0.0}),
-                      new_loihi_student(teacher, train), teacher, train, tmp_path / "plain", tokenizer=tok,
-                      progress=False)
-    a, b, c = (load_student(r.final_dir).state_dict() for r in (ref, resumed, plain))
+    a, b, c = _augmented_stage_weights(setup, tmp_path, settings, "augment_join")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same joins on a resumed run
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the joined sentences changed what was learned
     pairs = dataclasses.replace(train, token_type_ids=[[0] * (len(t) - 1) + [1] for t in train.token_type_ids])
